@@ -1,0 +1,1 @@
+"""Subcommands of the ``leasekit`` command, one module each."""

@@ -1,0 +1,735 @@
+"""The server side of the work-lease protocol, sans-I/O: one state machine.
+
+Reference semantics (PROTOCOL.md part B). The hosted service may differ;
+these are leasekit's documented choices.
+
+Nothing here reads a clock or does I/O. Every operation takes ``now_us``,
+integer microseconds since the Unix epoch, so the same rules run on the wall
+clock (the reference server) and on simulated time (the simulator).
+
+Three layers, each usable alone:
+
+* :data:`TRANSITIONS`: the table of ``(state, event) -> (next state, effect)``.
+  It is the single place where the lifecycle is written; the code below looks
+  every move up in it, and :func:`state_diagram` draws the docs' diagram
+  from it. A pair that is not in the table is refused: a heartbeat with 412,
+  an ack or stop with 409.
+* :class:`LeaseRules`: applies the table to one :class:`WorkRecord`
+  (validation, expiry, heartbeat compare-and-set, TTL clamping). A storage
+  layer that keeps records elsewhere (SQLite) loads a record, lets the rules
+  mutate it, and writes it back with a compare-and-set on ``version``.
+* :class:`LeaseBook`: an in-memory store of many environments' work items
+  with a queue, long-poll hand-out and reclaim, lazy expiry via a deadline
+  heap, list and stats. The reference server's memory store and the
+  simulator's server both use it.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from .protocol import (
+    NO_HEARTBEAT,
+    ApiError,
+    ErrorType,
+    HeartbeatAnswer,
+    LeaseState,
+    PreconditionFailed,
+    QueueStats,
+    WorkItem,
+    WorkList,
+    WorkState,
+    format_timestamp,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "Effect",
+    "Event",
+    "LeaseBook",
+    "LeaseConfig",
+    "LeaseRules",
+    "TransitionObserver",
+    "WorkRecord",
+    "state_diagram",
+]
+
+US_PER_SECOND: Final = 1_000_000
+TTL_LIMITS_SECONDS: Final = (1, 86_400)
+"""A ``desired_ttl_seconds`` outside this range is a 400, not a clamp."""
+DEFAULT_RECLAIM_OLDER_THAN_MS: Final = 5_000
+WORKERS_POLLING_WINDOW_US: Final = 30 * US_PER_SECOND
+MAX_METADATA_KEYS: Final = 64
+MAX_METADATA_KEY_CHARS: Final = 64
+MAX_METADATA_VALUE_CHARS: Final = 512
+MAX_LIST_LIMIT: Final = 100
+DEFAULT_LIST_LIMIT: Final = 20
+
+
+class Event(enum.StrEnum):
+    """What can happen to a work item."""
+
+    POLL = "poll"
+    """A poll hands the item to a worker (it stays ``queued`` until acked)."""
+    ACK = "ack"
+    CLAIM = "claim"
+    """A heartbeat with ``expected_last_heartbeat=NO_HEARTBEAT``."""
+    RENEW = "renew"
+    """A heartbeat echoing the stored ``last_heartbeat`` exactly."""
+    STALE = "stale"
+    """A heartbeat echoing anything else: a mismatch."""
+    UNCONDITIONAL = "unconditional"
+    """A heartbeat without ``expected_last_heartbeat`` (unsafe for clients)."""
+    STOP = "stop"
+    FORCE_STOP = "force_stop"
+    EXPIRE = "expire"
+    """The state's deadline passed (applied lazily, on the next touch)."""
+
+
+class Effect(enum.StrEnum):
+    """What a transition does to the record besides changing its state."""
+
+    HAND_OUT = "hand out"
+    ACKNOWLEDGE = "acknowledge"
+    STORE_HEARTBEAT = "store heartbeat, extend lease"
+    NOT_EXTENDED = "answer without extending"
+    REQUEST_STOP = "request stop"
+    NOTHING = "nothing"
+    FINISH = "finish"
+    REQUEUE = "requeue, clear heartbeat"
+
+
+_Q, _S, _A, _G, _X = (
+    WorkState.QUEUED,
+    WorkState.STARTING,
+    WorkState.ACTIVE,
+    WorkState.STOPPING,
+    WorkState.STOPPED,
+)
+
+TRANSITIONS: Final[Mapping[tuple[WorkState, Event], tuple[WorkState, Effect]]] = {
+    # state, event            ->  next state, effect
+    (_Q, Event.POLL):             (_Q, Effect.HAND_OUT),
+    (_Q, Event.ACK):              (_S, Effect.ACKNOWLEDGE),
+    (_Q, Event.CLAIM):            (_A, Effect.STORE_HEARTBEAT),
+    (_S, Event.CLAIM):            (_A, Effect.STORE_HEARTBEAT),
+    (_A, Event.RENEW):            (_A, Effect.STORE_HEARTBEAT),
+    (_Q, Event.UNCONDITIONAL):    (_A, Effect.STORE_HEARTBEAT),
+    (_S, Event.UNCONDITIONAL):    (_A, Effect.STORE_HEARTBEAT),
+    (_A, Event.UNCONDITIONAL):    (_A, Effect.STORE_HEARTBEAT),
+    # While stopping the server does not compare: the holder winds down.
+    (_G, Event.CLAIM):            (_G, Effect.STORE_HEARTBEAT),
+    (_G, Event.RENEW):            (_G, Effect.STORE_HEARTBEAT),
+    (_G, Event.STALE):            (_G, Effect.STORE_HEARTBEAT),
+    (_G, Event.UNCONDITIONAL):    (_G, Effect.STORE_HEARTBEAT),
+    (_X, Event.CLAIM):            (_X, Effect.NOT_EXTENDED),
+    (_X, Event.RENEW):            (_X, Effect.NOT_EXTENDED),
+    (_X, Event.STALE):            (_X, Effect.NOT_EXTENDED),
+    (_X, Event.UNCONDITIONAL):    (_X, Effect.NOT_EXTENDED),
+    # Nobody holds a queued item, so there is nothing to wind down.
+    (_Q, Event.STOP):             (_X, Effect.FINISH),
+    (_S, Event.STOP):             (_G, Effect.REQUEST_STOP),
+    (_A, Event.STOP):             (_G, Effect.REQUEST_STOP),
+    (_G, Event.STOP):             (_G, Effect.NOTHING),
+    (_Q, Event.FORCE_STOP):       (_X, Effect.FINISH),
+    (_S, Event.FORCE_STOP):       (_X, Effect.FINISH),
+    (_A, Event.FORCE_STOP):       (_X, Effect.FINISH),
+    (_G, Event.FORCE_STOP):       (_X, Effect.FINISH),
+    (_S, Event.EXPIRE):           (_Q, Effect.REQUEUE),
+    (_A, Event.EXPIRE):           (_Q, Effect.REQUEUE),
+    (_G, Event.EXPIRE):           (_X, Effect.FINISH),
+}  # fmt: skip
+"""The whole lifecycle. Pairs absent here are refused (412 or 409)."""
+
+_HEARTBEAT_EVENTS: Final = frozenset({Event.CLAIM, Event.RENEW, Event.STALE, Event.UNCONDITIONAL})
+
+
+def state_diagram() -> str:
+    """The lifecycle as a Mermaid ``stateDiagram-v2``, drawn from :data:`TRANSITIONS`."""
+    lines = ["stateDiagram-v2", "    [*] --> queued: enqueue"]
+    edges: dict[tuple[WorkState, WorkState], list[str]] = {}
+    for (source, event), (target, _effect) in TRANSITIONS.items():
+        edges.setdefault((source, target), []).append(event.value)
+    for (source, target), events in edges.items():
+        lines.append(f"    {source.value} --> {target.value}: {', '.join(events)}")
+    lines.append("    stopped --> [*]")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseConfig:
+    """Server TTL settings, in whole seconds.
+
+    ``desired_ttl_seconds`` is clamped to ``[min_ttl_seconds,
+    max_ttl_seconds]``; a lease without a desired TTL gets
+    ``default_ttl_seconds``. An acknowledged item not claimed within
+    ``default_ttl_seconds`` goes back to the queue.
+    """
+
+    default_ttl_seconds: int = 90
+    min_ttl_seconds: int = 5
+    max_ttl_seconds: int = 3600
+
+    def __post_init__(self) -> None:
+        low, high = TTL_LIMITS_SECONDS
+        if not low <= self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:
+            raise ValueError(
+                "LeaseConfig: need min_ttl_seconds <= default_ttl_seconds <= max_ttl_seconds, "
+                f"got {self.min_ttl_seconds}, {self.default_ttl_seconds}, {self.max_ttl_seconds}"
+            )
+        if self.max_ttl_seconds > high:
+            raise ValueError(f"LeaseConfig: max_ttl_seconds above {high}")
+
+
+@dataclass(slots=True)
+class WorkRecord:
+    """One work item as the server stores it. Times are epoch microseconds.
+
+    ``last_heartbeat`` is the stored compare-and-set value (``None`` when
+    none is stored); ``last_issued_us`` is the latest heartbeat ever issued,
+    kept across requeues so that values strictly increase per item.
+    ``deadline_us`` is when the current state's timer fires (the lease while
+    ``active``/``stopping``, the claim window while ``starting``).
+    ``version`` increases with every change, for storage compare-and-set.
+    """
+
+    environment_id: str
+    work_id: str
+    session_id: str
+    secret: str
+    created_at_us: int
+    seq: int
+    ttl_seconds: int
+    state: WorkState = WorkState.QUEUED
+    metadata: dict[str, str] = field(default_factory=dict)
+    acknowledged_at_us: int | None = None
+    started_at_us: int | None = None
+    latest_heartbeat_at_us: int | None = None
+    stop_requested_at_us: int | None = None
+    stopped_at_us: int | None = None
+    last_heartbeat: str | None = None
+    last_issued_us: int = 0
+    deadline_us: int | None = None
+    handed_out_at_us: int | None = None
+    handed_out_to: str | None = None
+    version: int = 0
+
+    def to_item(self, *, with_secret: bool = False) -> WorkItem:
+        """The API view of this record."""
+        return WorkItem(
+            id=self.work_id,
+            environment_id=self.environment_id,
+            state=self.state,
+            created_at_us=self.created_at_us,
+            session_id=self.session_id,
+            metadata=dict(self.metadata),
+            acknowledged_at_us=self.acknowledged_at_us,
+            started_at_us=self.started_at_us,
+            latest_heartbeat_at_us=self.latest_heartbeat_at_us,
+            stop_requested_at_us=self.stop_requested_at_us,
+            stopped_at_us=self.stopped_at_us,
+            secret=self.secret if with_secret else None,
+        )
+
+    def lease_state(self) -> LeaseState:
+        """The ``current_state`` a 412 reports."""
+        return LeaseState(self.last_heartbeat, self.state, self.ttl_seconds)
+
+
+TransitionObserver = Callable[[WorkRecord, Event, WorkState, int], None]
+"""Called after each transition with ``(record, event, previous state, now_us)``."""
+
+
+class LeaseRules:
+    """Applies :data:`TRANSITIONS` to single records. Holds no records itself.
+
+    Every method first settles the record (applies an expiry whose deadline
+    has passed), so an expired lease answers as expired on every touch.
+    Methods mutate the record in place and bump ``version`` when it changed.
+    """
+
+    __slots__ = ("config", "observer")
+
+    def __init__(
+        self, config: LeaseConfig | None = None, observer: TransitionObserver | None = None
+    ) -> None:
+        self.config = config or LeaseConfig()
+        self.observer = observer
+
+    # ---------------------------------------------------------------- validation
+
+    def resolve_ttl(self, desired_ttl_seconds: int | None, current_ttl_seconds: int) -> int:
+        """The TTL a heartbeat grants. ``None`` keeps the current TTL.
+
+        Raises ``invalid_request_error`` naming ``desired_ttl_seconds`` when
+        it is outside ``[1, 86400]``; inside, it is clamped to the config.
+        """
+        if desired_ttl_seconds is None:
+            return current_ttl_seconds
+        low, high = TTL_LIMITS_SECONDS
+        if isinstance(desired_ttl_seconds, bool) or not isinstance(desired_ttl_seconds, int):
+            raise ApiError(
+                ErrorType.INVALID_REQUEST,
+                f"desired_ttl_seconds: expected an integer, got {desired_ttl_seconds!r}",
+            )
+        if not low <= desired_ttl_seconds <= high:
+            raise ApiError(
+                ErrorType.INVALID_REQUEST,
+                f"desired_ttl_seconds: must be between {low} and {high}, got {desired_ttl_seconds}",
+            )
+        config = self.config
+        return min(max(desired_ttl_seconds, config.min_ttl_seconds), config.max_ttl_seconds)
+
+    # ---------------------------------------------------------------- the machine
+
+    def _move(self, record: WorkRecord, event: Event, now_us: int) -> Effect | None:
+        """Look ``(state, event)`` up in the table and apply it; ``None`` if refused."""
+        step = TRANSITIONS.get((record.state, event))
+        if step is None:
+            return None
+        target, effect = step
+        previous = record.state
+        record.state = target
+        record.version += 1
+        if effect is Effect.HAND_OUT:
+            pass  # the caller records who and when: it knows the worker
+        elif effect is Effect.ACKNOWLEDGE:
+            record.acknowledged_at_us = now_us
+            record.deadline_us = now_us + self.config.default_ttl_seconds * US_PER_SECOND
+            record.handed_out_at_us = None
+            record.handed_out_to = None
+        elif effect is Effect.REQUEST_STOP:
+            record.stop_requested_at_us = now_us
+            if record.deadline_us is None:
+                record.deadline_us = now_us + record.ttl_seconds * US_PER_SECOND
+        elif effect is Effect.FINISH:
+            if record.stop_requested_at_us is None:
+                record.stop_requested_at_us = now_us
+            record.stopped_at_us = now_us
+            record.deadline_us = None
+            record.handed_out_at_us = None
+            record.handed_out_to = None
+        elif effect is Effect.REQUEUE:
+            record.last_heartbeat = None
+            record.deadline_us = None
+            record.handed_out_at_us = None
+            record.handed_out_to = None
+            record.ttl_seconds = self.config.default_ttl_seconds
+        # STORE_HEARTBEAT, NOT_EXTENDED and NOTHING are completed by heartbeat()
+        if self.observer is not None:
+            self.observer(record, event, previous, now_us)
+        return effect
+
+    def settle(self, record: WorkRecord, now_us: int) -> None:
+        """Apply the expiry of a deadline that has passed by ``now_us``.
+
+        A lease is good up to and including its deadline; it has expired
+        once ``now_us`` is strictly past it.
+        """
+        while record.deadline_us is not None and now_us > record.deadline_us:
+            at = record.deadline_us
+            if self._move(record, Event.EXPIRE, at) is None:
+                record.deadline_us = None
+
+    def heartbeat(
+        self,
+        record: WorkRecord,
+        now_us: int,
+        expected_last_heartbeat: str | None,
+        desired_ttl_seconds: int | None = None,
+    ) -> HeartbeatAnswer:
+        """Record a heartbeat: claim, renew, or refuse with 412.
+
+        ``expected_last_heartbeat`` is ``NO_HEARTBEAT`` to claim, the stored
+        value to renew, or ``None`` for an unconditional renew. Raises
+        :class:`~leasekit.protocol.PreconditionFailed` (nothing changed) on a
+        mismatch and ``invalid_request_error`` on a bad TTL.
+        """
+        ttl_seconds = self.resolve_ttl(desired_ttl_seconds, record.ttl_seconds)
+        self.settle(record, now_us)
+        if expected_last_heartbeat is None:
+            event = Event.UNCONDITIONAL
+        elif expected_last_heartbeat == NO_HEARTBEAT:
+            event = Event.CLAIM if record.last_heartbeat is None else Event.STALE
+        elif expected_last_heartbeat == record.last_heartbeat:
+            event = Event.RENEW
+        else:
+            event = Event.STALE
+        previous = record.state
+        effect = self._move(record, event, now_us)
+        if effect is None:
+            raise PreconditionFailed(
+                record.lease_state(),
+                "expected_last_heartbeat does not match the stored heartbeat "
+                f"(work item is {record.state.value})",
+            )
+        if effect is Effect.NOT_EXTENDED:
+            return HeartbeatAnswer(
+                record.last_heartbeat or "", False, record.state, record.ttl_seconds
+            )
+        # STORE_HEARTBEAT: a new value strictly above every value issued before.
+        issued_us = now_us if now_us > record.last_issued_us else record.last_issued_us + 1
+        stamp = format_timestamp(issued_us)
+        record.last_issued_us = issued_us
+        record.last_heartbeat = stamp
+        record.latest_heartbeat_at_us = issued_us
+        record.ttl_seconds = ttl_seconds
+        record.deadline_us = now_us + ttl_seconds * US_PER_SECOND
+        if previous is not WorkState.ACTIVE and record.state is WorkState.ACTIVE:
+            record.started_at_us = now_us
+            record.handed_out_at_us = None
+            record.handed_out_to = None
+        return HeartbeatAnswer(stamp, True, record.state, ttl_seconds)
+
+    def ack(self, record: WorkRecord, now_us: int) -> None:
+        """Acknowledge a queued item (``queued -> starting``); 409 otherwise."""
+        self.settle(record, now_us)
+        if self._move(record, Event.ACK, now_us) is None:
+            raise ApiError(
+                ErrorType.CONFLICT,
+                f"work item {record.work_id} is {record.state.value}, only a queued item "
+                "can be acknowledged",
+            )
+
+    def stop(self, record: WorkRecord, now_us: int, *, force: bool) -> None:
+        """Graceful (``stopping``) or forced (``stopped``) stop; 409 when already stopped."""
+        self.settle(record, now_us)
+        if self._move(record, Event.FORCE_STOP if force else Event.STOP, now_us) is None:
+            raise ApiError(
+                ErrorType.CONFLICT, f"work item {record.work_id} is already {record.state.value}"
+            )
+
+    def can_hand_out(self, record: WorkRecord, now_us: int, reclaim_older_than_ms: int) -> bool:
+        """Whether a poll may hand this (settled) record out now.
+
+        A queued item is handed out once; a poll may hand it out again when
+        it has not been acknowledged within ``reclaim_older_than_ms``.
+        """
+        if record.state is not WorkState.QUEUED:
+            return False
+        handed = record.handed_out_at_us
+        return handed is None or now_us - handed >= reclaim_older_than_ms * 1_000
+
+    def hand_out(self, record: WorkRecord, now_us: int, worker_id: str | None) -> None:
+        """Record that a poll handed this queued record to ``worker_id``."""
+        self._move(record, Event.POLL, now_us)
+        record.handed_out_at_us = now_us
+        record.handed_out_to = worker_id
+
+    def update_metadata(self, record: WorkRecord, patch: Mapping[str, str | None]) -> None:
+        """Merge ``patch`` into the metadata: ``None`` deletes a key. Size-limited (400)."""
+        validate_metadata(patch, where="metadata")
+        merged = dict(record.metadata)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        if len(merged) > MAX_METADATA_KEYS:
+            raise ApiError(
+                ErrorType.INVALID_REQUEST,
+                f"metadata: at most {MAX_METADATA_KEYS} keys, the update would make {len(merged)}",
+            )
+        record.metadata = merged
+        record.version += 1
+
+
+def validate_metadata(patch: object, *, where: str) -> None:
+    """Check a metadata object's shape and size; raises 400 naming the key."""
+    if not isinstance(patch, Mapping):
+        raise ApiError(ErrorType.INVALID_REQUEST, f"{where}: expected an object")
+    if len(patch) > MAX_METADATA_KEYS:
+        raise ApiError(ErrorType.INVALID_REQUEST, f"{where}: at most {MAX_METADATA_KEYS} keys")
+    for key, value in patch.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_METADATA_KEY_CHARS:
+            raise ApiError(
+                ErrorType.INVALID_REQUEST,
+                f"{where}: keys must be 1 to {MAX_METADATA_KEY_CHARS} characters, got {key!r:.80}",
+            )
+        if value is not None and not isinstance(value, str):
+            raise ApiError(ErrorType.INVALID_REQUEST, f"{where}.{key}: expected a string or null")
+        if value is not None and len(value) > MAX_METADATA_VALUE_CHARS:
+            raise ApiError(
+                ErrorType.INVALID_REQUEST,
+                f"{where}.{key}: at most {MAX_METADATA_VALUE_CHARS} characters",
+            )
+
+
+# ------------------------------------------------------------------------- the store
+
+
+def _counter_ids(prefix: str) -> Callable[[], str]:
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):08d}"
+
+
+class _Environment:
+    __slots__ = ("deadlines", "handed", "pollers", "ready", "records")
+
+    def __init__(self) -> None:
+        self.records: dict[str, WorkRecord] = {}
+        # queued items not handed out, by creation order: (seq, work_id)
+        self.ready: list[tuple[int, str]] = []
+        # handed-out items in hand-out order, for reclaim: (handed_out_at_us, work_id)
+        self.handed: deque[tuple[int, str]] = deque()
+        # (deadline_us, work_id) of every deadline ever set; stale entries are skipped
+        self.deadlines: list[tuple[int, str]] = []
+        self.pollers: dict[str, int] = {}
+
+
+class LeaseBook:
+    """Many environments' work items in memory, with a queue and lazy expiry.
+
+    Not thread-safe: drive it from one thread or event loop. ``work_ids`` and
+    ``secrets_`` make ids and secrets (defaults: counters and
+    :func:`secrets.token_urlsafe`); inject deterministic ones in simulations.
+    """
+
+    def __init__(
+        self,
+        config: LeaseConfig | None = None,
+        *,
+        observer: TransitionObserver | None = None,
+        work_ids: Callable[[], str] | None = None,
+        secrets_: Callable[[], str] | None = None,
+    ) -> None:
+        self.rules = LeaseRules(config, observer)
+        self._environments: dict[str, _Environment] = {}
+        self._work_ids = work_ids or _counter_ids("work_")
+        self._secrets = secrets_ or (lambda: secrets.token_urlsafe(24))
+        self._seq = itertools.count(1)
+
+    @property
+    def config(self) -> LeaseConfig:
+        return self.rules.config
+
+    # ---------------------------------------------------------------- environments
+
+    def add_environment(self, environment_id: str) -> None:
+        """Make an environment known (idempotent)."""
+        self._environments.setdefault(environment_id, _Environment())
+
+    def has_environment(self, environment_id: str) -> bool:
+        return environment_id in self._environments
+
+    def _env(self, environment_id: str) -> _Environment:
+        env = self._environments.get(environment_id)
+        if env is None:
+            raise ApiError(ErrorType.NOT_FOUND, f"environment {environment_id!r} not found")
+        return env
+
+    def record(self, environment_id: str, work_id: str, now_us: int) -> WorkRecord:
+        """The settled record of a work item; 404 naming it when unknown."""
+        env = self._env(environment_id)
+        record = env.records.get(work_id)
+        if record is None:
+            raise ApiError(ErrorType.NOT_FOUND, f"work item {work_id!r} not found")
+        self._settle(env, record, now_us)
+        return record
+
+    def records(self, environment_id: str) -> Iterator[WorkRecord]:
+        """Every record of an environment, unsettled, in creation order."""
+        return iter(self._env(environment_id).records.values())
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def _settle(self, env: _Environment, record: WorkRecord, now_us: int) -> None:
+        was = record.state
+        self.rules.settle(record, now_us)
+        if record.state is WorkState.QUEUED and was is not WorkState.QUEUED:
+            heapq.heappush(env.ready, (record.seq, record.work_id))
+
+    def _track_deadline(self, env: _Environment, record: WorkRecord) -> None:
+        if record.deadline_us is not None:
+            heapq.heappush(env.deadlines, (record.deadline_us, record.work_id))
+
+    def _expire_due(self, env: _Environment, now_us: int) -> None:
+        deadlines = env.deadlines
+        while deadlines and deadlines[0][0] < now_us:
+            deadline_us, work_id = heapq.heappop(deadlines)
+            record = env.records[work_id]
+            if record.deadline_us == deadline_us:
+                self._settle(env, record, now_us)
+
+    # ---------------------------------------------------------------- operations
+
+    def enqueue(
+        self,
+        environment_id: str,
+        now_us: int,
+        *,
+        session_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        work_id: str | None = None,
+    ) -> WorkRecord:
+        """Create a queued work item (leasekit's extension; the hosted API makes
+        items from sessions)."""
+        env = self._env(environment_id)
+        if metadata is not None:
+            validate_metadata(metadata, where="metadata")
+        work_id = work_id or self._work_ids()
+        if work_id in env.records:
+            raise ApiError(ErrorType.CONFLICT, f"work item {work_id!r} already exists")
+        record = WorkRecord(
+            environment_id=environment_id,
+            work_id=work_id,
+            session_id=session_id or f"session_{work_id.removeprefix('work_')}",
+            secret=self._secrets(),
+            created_at_us=now_us,
+            seq=next(self._seq),
+            ttl_seconds=self.config.default_ttl_seconds,
+            metadata=dict(metadata or {}),
+        )
+        env.records[work_id] = record
+        heapq.heappush(env.ready, (record.seq, work_id))
+        return record
+
+    def poll(
+        self,
+        environment_id: str,
+        now_us: int,
+        *,
+        worker_id: str | None = None,
+        reclaim_older_than_ms: int = DEFAULT_RECLAIM_OLDER_THAN_MS,
+    ) -> WorkRecord | None:
+        """Hand out the oldest available queued item, or ``None``.
+
+        An item handed out but not acknowledged within
+        ``reclaim_older_than_ms`` may be handed out again.
+        """
+        env = self._env(environment_id)
+        if worker_id is not None:
+            env.pollers[worker_id] = now_us
+        self._expire_due(env, now_us)
+        rules = self.rules
+        reclaim_us = reclaim_older_than_ms * 1_000
+        # Items handed out long enough ago go back among the ready ones.
+        handed = env.handed
+        while handed and now_us - handed[0][0] >= reclaim_us:
+            handed_at, work_id = handed.popleft()
+            record = env.records[work_id]
+            if record.state is WorkState.QUEUED and record.handed_out_at_us == handed_at:
+                heapq.heappush(env.ready, (record.seq, work_id))
+        ready = env.ready
+        while ready:
+            seq, work_id = heapq.heappop(ready)
+            record = env.records[work_id]
+            if record.seq != seq or not rules.can_hand_out(record, now_us, reclaim_older_than_ms):
+                continue
+            rules.hand_out(record, now_us, worker_id)
+            handed.append((now_us, work_id))
+            return record
+        return None
+
+    def ack(self, environment_id: str, work_id: str, now_us: int) -> WorkRecord:
+        """``queued -> starting``; 409 when the item is in another state."""
+        env = self._env(environment_id)
+        record = self.record(environment_id, work_id, now_us)
+        self.rules.ack(record, now_us)
+        self._track_deadline(env, record)
+        return record
+
+    def heartbeat(
+        self,
+        environment_id: str,
+        work_id: str,
+        now_us: int,
+        expected_last_heartbeat: str | None,
+        desired_ttl_seconds: int | None = None,
+    ) -> HeartbeatAnswer:
+        """See :meth:`LeaseRules.heartbeat`."""
+        env = self._env(environment_id)
+        record = self.record(environment_id, work_id, now_us)
+        answer = self.rules.heartbeat(record, now_us, expected_last_heartbeat, desired_ttl_seconds)
+        if answer.lease_extended:
+            self._track_deadline(env, record)
+        return answer
+
+    def stop(self, environment_id: str, work_id: str, now_us: int, *, force: bool) -> WorkRecord:
+        """See :meth:`LeaseRules.stop`."""
+        env = self._env(environment_id)
+        record = self.record(environment_id, work_id, now_us)
+        self.rules.stop(record, now_us, force=force)
+        self._track_deadline(env, record)
+        return record
+
+    def update_metadata(
+        self, environment_id: str, work_id: str, now_us: int, patch: Mapping[str, str | None]
+    ) -> WorkRecord:
+        """Merge ``patch`` into an item's metadata; ``None`` deletes a key."""
+        record = self.record(environment_id, work_id, now_us)
+        self.rules.update_metadata(record, patch)
+        return record
+
+    def list(
+        self, environment_id: str, now_us: int, *, limit: int | None = None, page: str | None = None
+    ) -> WorkList:
+        """A page of items in creation order; ``page`` is the cursor from the last page."""
+        env = self._env(environment_id)
+        limit = DEFAULT_LIST_LIMIT if limit is None else limit
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_LIST_LIMIT
+        ):
+            raise ApiError(
+                ErrorType.INVALID_REQUEST, f"limit: must be between 1 and {MAX_LIST_LIMIT}"
+            )
+        after = decode_cursor(page)
+        self._expire_due(env, now_us)
+        chosen: list[WorkRecord] = []
+        for record in env.records.values():  # dicts keep insertion (creation) order
+            if record.seq <= after:
+                continue
+            if len(chosen) == limit:
+                return WorkList(tuple(r.to_item() for r in chosen), encode_cursor(chosen[-1].seq))
+            self._settle(env, record, now_us)
+            chosen.append(record)
+        return WorkList(tuple(r.to_item() for r in chosen), None)
+
+    def stats(self, environment_id: str, now_us: int) -> QueueStats:
+        """Queue depth, pending hand-outs, oldest waiting item, recent pollers."""
+        env = self._env(environment_id)
+        self._expire_due(env, now_us)
+        depth = pending = 0
+        oldest: int | None = None
+        for record in env.records.values():
+            if record.state is not WorkState.QUEUED:
+                continue
+            if record.handed_out_at_us is None:
+                depth += 1
+            else:
+                pending += 1
+            if oldest is None or record.created_at_us < oldest:
+                oldest = record.created_at_us
+        window_start = now_us - WORKERS_POLLING_WINDOW_US
+        stale = [w for w, at in env.pollers.items() if at < window_start]
+        for worker in stale:
+            del env.pollers[worker]
+        return QueueStats(depth, pending, oldest, len(env.pollers))
+
+
+def encode_cursor(seq: int) -> str:
+    """The opaque ``next_page`` cursor after the item numbered ``seq``."""
+    return f"c{seq:x}"
+
+
+def decode_cursor(page: str | None) -> int:
+    """Inverse of :func:`encode_cursor`; 400 naming ``page`` when malformed."""
+    if page is None or page == "":
+        return 0
+    try:
+        if not page.startswith("c"):
+            raise ValueError
+        return int(page[1:], 16)
+    except ValueError:
+        raise ApiError(
+            ErrorType.INVALID_REQUEST, f"page: not a cursor from this server: {page!r:.80}"
+        ) from None

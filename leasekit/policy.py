@@ -1,0 +1,551 @@
+"""Client heartbeat policies, sans-I/O: told what happened, they say what to do.
+
+A policy owns no clock, no socket and no task. A driver (the async client,
+the simulator, a test) runs it like this::
+
+    action = policy.start(now)
+    while isinstance(action, Send):
+        ...wait until action.at, send a heartbeat with
+           action.expected_last_heartbeat / action.desired_ttl_seconds,
+           giving up after action.timeout_s...
+        action = policy.observe(Result(...what happened, with its times...))
+    print(action.reason)            # a Stop
+
+Times are seconds on the driver's monotonic clock (``time.monotonic()``
+for a real client, ``env.now`` in the simulator). A driver must report the
+time it really sent each attempt (``Result.sent_at``) and the time the
+answer arrived or the attempt timed out (``Result.received_at``). At most one
+attempt is in flight; a policy never asks for two at once.
+
+Randomness (jitter) comes from the ``rng`` each policy is given, so a
+simulation with a seed is reproducible.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .protocol import NO_HEARTBEAT, HeartbeatAnswer, LeaseState, WorkState
+
+__all__ = [
+    "EndReason",
+    "FixedPolicy",
+    "HeartbeatPolicy",
+    "LeasekitPolicy",
+    "Outcome",
+    "Result",
+    "SdkPolicy",
+    "Send",
+    "Stop",
+    "classify_status",
+    "make_policy",
+]
+
+
+class Outcome(enum.StrEnum):
+    """How one heartbeat attempt ended."""
+
+    OK = "ok"
+    """200: the answer's fields are in ``Result.answer``."""
+    PRECONDITION_FAILED = "precondition_failed"
+    """412: ``Result.current_state`` holds the server's view."""
+    REJECTED = "rejected"
+    """A 4xx other than 408, 409, 412 and 429: retrying will not help."""
+    TRANSIENT = "transient"
+    """5xx, 408, 409, 429, or a connection error: worth retrying."""
+    TIMEOUT = "timeout"
+    """The attempt's timeout fired first: the server may or may not have applied it."""
+
+
+_RETRYABLE_4XX: Final = frozenset({408, 409, 429})
+
+
+def classify_status(status: int) -> Outcome:
+    """The outcome of an HTTP status, as PROTOCOL.md part A classifies it."""
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status == 412:
+        return Outcome.PRECONDITION_FAILED
+    if 400 <= status < 500 and status not in _RETRYABLE_4XX:
+        return Outcome.REJECTED
+    return Outcome.TRANSIENT
+
+
+class EndReason(enum.StrEnum):
+    """Why a policy stopped heartbeating."""
+
+    LOST = "lost"
+    """A 412 said the lease is gone (requeued, or another worker holds it)."""
+    ASSUMED_LOST = "assumed_lost"
+    """No success for too long: the policy can no longer be sure it holds the lease."""
+    REJECTED = "rejected"
+    """The server refused the heartbeat in a way retrying will not fix."""
+    SHUTDOWN = "shutdown"
+    """The server asked the holder to stop (``stopping``/``stopped``/not extended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send the next heartbeat attempt.
+
+    ``at`` (monotonic seconds) is when to send it; ``timeout_s`` how long to
+    wait for its answer, counted from the send; ``attempt`` numbers attempts
+    from 1.
+    """
+
+    at: float
+    timeout_s: float
+    expected_last_heartbeat: str
+    desired_ttl_seconds: int | None
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Heartbeating has ended; ``reason`` says why, ``detail`` in words."""
+
+    reason: EndReason
+    detail: str
+
+
+Action = Send | Stop
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened to one attempt. Times in monotonic seconds.
+
+    ``received_at`` is when the answer arrived, or when the timeout fired
+    for :attr:`Outcome.TIMEOUT`. ``status`` is the HTTP status if there was
+    one.
+    """
+
+    outcome: Outcome
+    sent_at: float
+    received_at: float
+    answer: HeartbeatAnswer | None = None
+    current_state: LeaseState | None = None
+    status: int | None = None
+
+
+class HeartbeatPolicy:
+    """Base class: the bookkeeping every policy shares.
+
+    Subclasses decide; this class only remembers. Readable at any time:
+    ``last_heartbeat`` (the value to echo), ``ttl_seconds`` (the TTL the
+    policy believes in, seconds), ``deadline`` (the local time until which
+    the policy believes it holds the lease, or ``None`` before the first
+    success), ``attempts`` (sent so far), ``held`` (a success was seen and
+    the policy has not stopped).
+    """
+
+    name: str = "policy"
+
+    def __init__(self) -> None:
+        self.last_heartbeat: str = NO_HEARTBEAT
+        self.ttl_seconds: float = 90.0
+        self.deadline: float | None = None
+        self.attempts = 0
+        self.held = False
+        self.stopped: Stop | None = None
+
+    def start(self, now: float) -> Action:
+        """Begin: the first attempt claims the lease with ``NO_HEARTBEAT``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def observe(self, result: Result) -> Action:
+        """Take what happened to the last attempt; return what to do next."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def parameters(self) -> dict[str, Any]:
+        """The policy's parameters, for trace headers and scenario files."""
+        return {}
+
+    def _send(self, at: float, timeout_s: float, desired_ttl: int | None = None) -> Send:
+        self.attempts += 1
+        return Send(at, timeout_s, self.last_heartbeat, desired_ttl, self.attempts)
+
+    def _stop(self, reason: EndReason, detail: str) -> Stop:
+        self.held = False
+        self.stopped = Stop(reason, detail)
+        return self.stopped
+
+
+def _shutdown_signal(answer: HeartbeatAnswer) -> bool:
+    return answer.state in (WorkState.STOPPING, WorkState.STOPPED) or not answer.lease_extended
+
+
+class SdkPolicy(HeartbeatPolicy):
+    """The official SDK worker's heartbeat, rule for rule (``anthropic`` 2.x).
+
+    Its purpose is fidelity: simulating it predicts what the official
+    worker does. The rules (PROTOCOL.md part A):
+
+    * Before the first answer it assumes a TTL of 90 s and an interval of 30 s,
+      and never sends ``desired_ttl_seconds``.
+    * After a success with ``ttl_seconds > 0``: TTL := ``ttl_seconds``,
+      interval := max(1, min(TTL / 2, 30)).
+    * Each attempt is cancelled after one interval; that counts as a
+      transient failure.
+    * The next attempt starts one interval after the previous attempt
+      ended, whatever its outcome (so a timed-out attempt costs two intervals).
+    * 412: lease lost. Other 4xx except 408/409/429: rejected.
+    * A transient failure ends the lease ("assumed lost") only when more than
+      one TTL has passed since the last success (or since the start) at the
+      moment the failure is seen.
+    * A success in ``stopping``/``stopped`` or with ``lease_extended`` false
+      is a shutdown signal.
+
+    ``http_retries`` models the SDK's HTTP client under the worker: a
+    transient *status* or connection error inside an attempt is retried up
+    to that many times after 0.5 s * 2**n (times a jitter in (0.75, 1]), within
+    the attempt's budget of one interval. Set it to 0 to model the worker
+    loop alone.
+    """
+
+    name = "sdk"
+
+    def __init__(self, *, http_retries: int = 2, rng: random.Random | None = None) -> None:
+        super().__init__()
+        self.http_retries = http_retries
+        self.rng = rng or random.Random()
+        self.interval_s = 30.0
+        self.last_success: float = 0.0
+        self._attempt_started: float = 0.0
+        self._attempt_budget_s: float = 30.0
+        self._retries_used = 0
+
+    def parameters(self) -> dict[str, Any]:
+        return {"http_retries": self.http_retries}
+
+    def _begin_attempt(self, at: float) -> Send:
+        self._attempt_started = at
+        self._attempt_budget_s = self.interval_s
+        self._retries_used = 0
+        return self._send(at, self.interval_s)
+
+    def start(self, now: float) -> Action:
+        self.last_success = now
+        self.ttl_seconds = 90.0
+        self.interval_s = 30.0
+        return self._begin_attempt(now)
+
+    def observe(self, result: Result) -> Action:
+        outcome = result.outcome
+        if outcome is Outcome.OK:
+            assert result.answer is not None
+            answer = result.answer
+            self.last_heartbeat = answer.last_heartbeat
+            self.last_success = result.received_at
+            if answer.ttl_seconds > 0:
+                self.ttl_seconds = float(answer.ttl_seconds)
+                self.interval_s = max(1.0, min(answer.ttl_seconds / 2, 30.0))
+            self.held = True
+            self.deadline = self.last_success + self.ttl_seconds
+            if _shutdown_signal(answer):
+                return self._stop(
+                    EndReason.SHUTDOWN,
+                    f"state {answer.state.value}, lease_extended {answer.lease_extended}",
+                )
+            return self._begin_attempt(result.received_at + self.interval_s)
+        if outcome is Outcome.PRECONDITION_FAILED:
+            state = result.current_state
+            return self._stop(
+                EndReason.LOST,
+                "412 heartbeat precondition failed"
+                + (f" (server state {state.state.value})" if state else ""),
+            )
+        if outcome is Outcome.REJECTED:
+            return self._stop(EndReason.REJECTED, f"heartbeat rejected with {result.status}")
+        # Transient or timeout. The SDK's HTTP client retries a transient
+        # answer inside the same worker attempt while the attempt has time.
+        ended_at = result.received_at
+        budget_end = self._attempt_started + self._attempt_budget_s
+        if outcome is Outcome.TRANSIENT and self._retries_used < self.http_retries:
+            delay = 0.5 * 2.0**self._retries_used * (1 - 0.25 * self.rng.random())
+            self._retries_used += 1
+            if ended_at + delay < budget_end:
+                self.attempts += 1
+                return Send(
+                    ended_at + delay,
+                    budget_end - (ended_at + delay),
+                    self.last_heartbeat,
+                    None,
+                    self.attempts,
+                )
+            # The retry's sleep is cancelled by the attempt's timeout.
+            ended_at = budget_end
+        if ended_at - self.last_success > self.ttl_seconds:
+            return self._stop(
+                EndReason.ASSUMED_LOST,
+                f"no successful heartbeat in {self.ttl_seconds:.0f} s",
+            )
+        return self._begin_attempt(ended_at + self.interval_s)
+
+
+class LeasekitPolicy(HeartbeatPolicy):
+    """leasekit's own policy: keep a healthy lease, never believe a dead one.
+
+    * **Schedule.** Heartbeat every ``beat_fraction`` of the TTL (a third by
+      default) counted from the last successful send, jittered by
+      ``jitter_fraction`` so many workers do not beat in step. Asks for
+      ``ttl_seconds`` when given (else takes the server's default).
+    * **Fast retry.** After a transient failure or a timeout, retry after a
+      short jittered exponential backoff (``retry_initial_s`` doubling up to
+      ``retry_max_s``), not a full interval, while the lease can still be
+      saved. Each attempt times out after ``attempt_timeout_s`` (default:
+      a tenth of the TTL, between 1 and 10 s), and never later than the
+      local deadline.
+    * **Local deadline.** The server sets its deadline when it *processes* a
+      renewal, which is after the client *sent* it. So ``send time of the last
+      renewal answered 200 + ttl * (1 - rho)`` is never later than the
+      server's deadline, where ``rho`` (``clock_drift``, default 1e-4, 100 ppm)
+      bounds how much faster the client's clock may run than the server's.
+      The policy never believes in the lease past that instant: when an
+      attempt would end after it, or a retry would be sent after it, it stops
+      with ``assumed_lost``. A worker that obeys this never serves an item
+      the server could already have handed to someone else.
+    * **Adopting a self-inflicted 412.** Let renewal L be the last answered
+      one, and attempts A1..An, each echoing L, be *ambiguous*: they timed
+      out, lost their answer, or met a transient error, so the server may
+      have applied one of them (at most one: the first applied changes the
+      stored value, and the rest then mismatch). A later attempt R meets 412
+      with ``current_state.state == "active"`` and a stored value L' != L.
+      If R's answer arrived before the local deadline above, the server
+      processed R before its own deadline for L, so the lease never expired
+      in between and no other worker could have claimed it; the only writes
+      that echo L are ours. Hence L' was written by one of A1..An: adopt L'
+      as the value to echo, and anchor the local deadline at the earliest
+      send time among A1..An (we do not know which one was applied, and
+      earlier is the safe side). Otherwise (no ambiguous attempt, answer
+      after the local deadline, state not ``active``, no stored value, or
+      the 412 answered a claim, which another poller may share) the lease
+      is lost. An unconditional heartbeat (one without
+      ``expected_last_heartbeat``) by some other client breaks this
+      argument; leasekit's client never sends one.
+    """
+
+    name = "leasekit"
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: int | None = None,
+        beat_fraction: float = 1 / 3,
+        jitter_fraction: float = 0.1,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 5.0,
+        attempt_timeout_s: float | None = None,
+        clock_drift: float = 1e-4,
+        assumed_ttl_seconds: float = 90.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 < beat_fraction < 1:
+            raise ValueError(f"beat_fraction must be in (0, 1), got {beat_fraction}")
+        if not 0 <= jitter_fraction < 1:
+            raise ValueError(f"jitter_fraction must be in [0, 1), got {jitter_fraction}")
+        if not 0 <= clock_drift < 0.1:
+            raise ValueError(f"clock_drift must be in [0, 0.1), got {clock_drift}")
+        if retry_initial_s <= 0 or retry_max_s < retry_initial_s:
+            raise ValueError("need 0 < retry_initial_s <= retry_max_s")
+        if attempt_timeout_s is not None and attempt_timeout_s <= 0:
+            raise ValueError(f"attempt_timeout_s must be positive, got {attempt_timeout_s}")
+        self.desired_ttl_seconds = ttl_seconds
+        self.beat_fraction = beat_fraction
+        self.jitter_fraction = jitter_fraction
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.clock_drift = clock_drift
+        self.rng = rng or random.Random()
+        self.ttl_seconds = float(ttl_seconds or assumed_ttl_seconds)
+        self.adoptions = 0
+        """How many self-inflicted 412s were adopted."""
+        self._claim_deadline = math.inf
+        self._failures = 0
+        # send times of attempts since the last answered success that may
+        # have been applied without us seeing the answer
+        self._ambiguous_sent: list[float] = []
+        self._in_flight_sent: float | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "ttl_seconds": self.desired_ttl_seconds,
+            "beat_fraction": self.beat_fraction,
+            "jitter_fraction": self.jitter_fraction,
+            "retry_initial_s": self.retry_initial_s,
+            "retry_max_s": self.retry_max_s,
+            "attempt_timeout_s": self.attempt_timeout_s,
+            "clock_drift": self.clock_drift,
+        }
+
+    def _timeout_s(self) -> float:
+        if self.attempt_timeout_s is not None:
+            return self.attempt_timeout_s
+        return min(10.0, max(1.0, self.ttl_seconds / 10))
+
+    def _attempt(self, at: float) -> Action:
+        limit = self.deadline if self.held else self._claim_deadline
+        assert limit is not None
+        if at >= limit:
+            return self._stop(
+                EndReason.ASSUMED_LOST,
+                "local lease deadline passed without a successful heartbeat"
+                if self.held
+                else "could not claim the lease within one TTL",
+            )
+        return self._send(at, min(self._timeout_s(), limit - at), self.desired_ttl_seconds)
+
+    def start(self, now: float) -> Action:
+        # Keep trying to claim for one (assumed) TTL: a claim the server
+        # applied but whose answer we lost leaves the item ours until then.
+        self._claim_deadline = now + self.ttl_seconds
+        return self._attempt(now)
+
+    def _anchor(self, sent_at: float, ttl_seconds: float) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.deadline = sent_at + ttl_seconds * (1 - self.clock_drift)
+
+    def _next_beat(self, anchor: float, now: float) -> Action:
+        jitter = 1 + self.jitter_fraction * (2 * self.rng.random() - 1)
+        return self._attempt(max(now, anchor + self.ttl_seconds * self.beat_fraction * jitter))
+
+    def observe(self, result: Result) -> Action:
+        outcome = result.outcome
+        if outcome is Outcome.OK:
+            assert result.answer is not None
+            answer = result.answer
+            self.last_heartbeat = answer.last_heartbeat
+            self.held = True
+            self._failures = 0
+            self._ambiguous_sent.clear()
+            self._anchor(result.sent_at, float(answer.ttl_seconds or self.ttl_seconds))
+            if _shutdown_signal(answer):
+                return self._stop(
+                    EndReason.SHUTDOWN,
+                    f"state {answer.state.value}, lease_extended {answer.lease_extended}",
+                )
+            return self._next_beat(result.sent_at, result.received_at)
+        if outcome is Outcome.PRECONDITION_FAILED:
+            return self._on_precondition_failed(result)
+        if outcome is Outcome.REJECTED:
+            return self._stop(EndReason.REJECTED, f"heartbeat rejected with {result.status}")
+        # Transient or timeout: the server may have applied it.
+        self._ambiguous_sent.append(result.sent_at)
+        delay = min(self.retry_max_s, self.retry_initial_s * 2.0**self._failures)
+        self._failures += 1
+        delay *= 1 + self.jitter_fraction * (2 * self.rng.random() - 1)
+        return self._attempt(result.received_at + delay)
+
+    def _on_precondition_failed(self, result: Result) -> Action:
+        current = result.current_state
+        adoptable = (
+            self.held
+            and self._ambiguous_sent
+            and current is not None
+            and current.state is WorkState.ACTIVE
+            and current.last_heartbeat is not None
+            and current.last_heartbeat != self.last_heartbeat
+            and self.deadline is not None
+            and result.received_at < self.deadline
+        )
+        if not adoptable:
+            state = current.state.value if current is not None else "unknown"
+            return self._stop(
+                EndReason.LOST, f"412 heartbeat precondition failed (server state {state})"
+            )
+        assert current is not None and current.last_heartbeat is not None
+        self.adoptions += 1
+        self.last_heartbeat = current.last_heartbeat
+        self._anchor(min(self._ambiguous_sent), float(current.ttl_seconds or self.ttl_seconds))
+        self._ambiguous_sent.clear()
+        self._failures = 0
+        # Renew at once with the adopted value: it refreshes the anchor.
+        return self._attempt(result.received_at)
+
+
+class FixedPolicy(HeartbeatPolicy):
+    """The textbook heartbeat of the failure-detector papers.
+
+    Sends every ``interval_s`` seconds from the previous send, whatever the
+    answers (timeouts and errors included), echoing the last value it saw.
+    Ends only on 412 (lost), a rejection, or a shutdown signal; a worker
+    that runs it polls, acks and claims again at once after losing a lease.
+    Each attempt times out after ``interval_s``.
+    """
+
+    name = "fixed"
+
+    def __init__(self, interval_s: float, *, ttl_seconds: int | None = None) -> None:
+        super().__init__()
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, got {interval_s}")
+        self.interval_s = interval_s
+        self.desired_ttl_seconds = ttl_seconds
+
+    def parameters(self) -> dict[str, Any]:
+        return {"interval_s": self.interval_s, "ttl_seconds": self.desired_ttl_seconds}
+
+    def start(self, now: float) -> Action:
+        return self._send(now, self.interval_s, self.desired_ttl_seconds)
+
+    def observe(self, result: Result) -> Action:
+        outcome = result.outcome
+        if outcome is Outcome.OK:
+            assert result.answer is not None
+            answer = result.answer
+            self.last_heartbeat = answer.last_heartbeat
+            self.held = True
+            if answer.ttl_seconds > 0:
+                self.ttl_seconds = float(answer.ttl_seconds)
+            self.deadline = result.received_at + self.ttl_seconds
+            if _shutdown_signal(answer):
+                return self._stop(EndReason.SHUTDOWN, f"state {answer.state.value}")
+        elif outcome is Outcome.PRECONDITION_FAILED:
+            return self._stop(EndReason.LOST, "412 heartbeat precondition failed")
+        elif outcome is Outcome.REJECTED:
+            return self._stop(EndReason.REJECTED, f"heartbeat rejected with {result.status}")
+        at = max(result.received_at, result.sent_at + self.interval_s)
+        return self._send(at, self.interval_s, self.desired_ttl_seconds)
+
+
+_INT_OPTIONS: Final = frozenset({"ttl_seconds", "http_retries"})
+
+
+def make_policy(spec: str, *, rng: random.Random | None = None) -> HeartbeatPolicy:
+    """Build a policy from a short spec: ``sdk``, ``leasekit``, ``fixed:interval=10``.
+
+    Options follow a colon as ``name=value`` pairs separated by commas and
+    map to the constructor's keyword arguments (``fixed`` also takes
+    ``interval``, seconds). Raises :class:`ValueError` naming the bad part.
+    """
+    name, _, rest = spec.strip().partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = (text.strip() for text in part.partition("="))
+        if not eq:
+            raise ValueError(f"policy {spec!r}: option {part!r} is not name=value")
+        try:
+            options[key] = int(value) if key in _INT_OPTIONS else float(value)
+        except ValueError:
+            raise ValueError(f"policy {spec!r}: option {key!r}: not a number: {value!r}") from None
+    if name == "fixed" and "interval" in options:
+        options["interval_s"] = options.pop("interval")
+    factories: dict[str, Any] = {"sdk": SdkPolicy, "leasekit": LeasekitPolicy, "fixed": FixedPolicy}
+    factory = factories.get(name)
+    if factory is None:
+        raise ValueError(
+            f"policy {spec!r}: unknown policy {name!r} (sdk, leasekit, fixed:interval=SECONDS)"
+        )
+    if factory is not FixedPolicy:
+        options["rng"] = rng
+    try:
+        policy: HeartbeatPolicy = factory(**options)
+    except TypeError as error:
+        raise ValueError(f"policy {spec!r}: {error}") from None
+    return policy
