@@ -31,7 +31,7 @@ import heapq
 import itertools
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -58,7 +58,9 @@ __all__ = [
     "LeaseRules",
     "TransitionObserver",
     "WorkRecord",
+    "queue_stats",
     "state_diagram",
+    "validate_list_limit",
 ]
 
 US_PER_SECOND: Final = 1_000_000
@@ -673,15 +675,7 @@ class LeaseBook:
     ) -> WorkList:
         """A page of items in creation order; ``page`` is the cursor from the last page."""
         env = self._env(environment_id)
-        limit = DEFAULT_LIST_LIMIT if limit is None else limit
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_LIST_LIMIT
-        ):
-            raise ApiError(
-                ErrorType.INVALID_REQUEST, f"limit: must be between 1 and {MAX_LIST_LIMIT}"
-            )
+        limit = validate_list_limit(limit)
         after = decode_cursor(page)
         self._expire_due(env, now_us)
         chosen: list[WorkRecord] = []
@@ -698,22 +692,57 @@ class LeaseBook:
         """Queue depth, pending hand-outs, oldest waiting item, recent pollers."""
         env = self._env(environment_id)
         self._expire_due(env, now_us)
-        depth = pending = 0
-        oldest: int | None = None
-        for record in env.records.values():
-            if record.state is not WorkState.QUEUED:
-                continue
-            if record.handed_out_at_us is None:
-                depth += 1
-            else:
-                pending += 1
-            if oldest is None or record.created_at_us < oldest:
-                oldest = record.created_at_us
         window_start = now_us - WORKERS_POLLING_WINDOW_US
         stale = [w for w, at in env.pollers.items() if at < window_start]
         for worker in stale:
             del env.pollers[worker]
-        return QueueStats(depth, pending, oldest, len(env.pollers))
+        return queue_stats(env.records.values(), env.pollers.values(), now_us)
+
+    def next_due_us(self, environment_id: str, reclaim_older_than_ms: int) -> int | None:
+        """The earliest time (epoch us) a poll with ``reclaim_older_than_ms``
+        could find something new without an enqueue: a state deadline firing
+        or a hand-out becoming reclaimable. ``None`` when nothing is pending.
+
+        May be early (a stale deadline entry), never late: a long poll sleeps
+        until then and asks again.
+        """
+        env = self._env(environment_id)
+        due: list[int] = []
+        if env.deadlines:
+            # a lease is good up to and including its deadline
+            due.append(env.deadlines[0][0] + 1)
+        if env.handed:
+            due.append(env.handed[0][0] + reclaim_older_than_ms * 1_000)
+        return min(due) if due else None
+
+
+def validate_list_limit(limit: int | None) -> int:
+    """The page size of a list call (default when ``None``); 400 naming ``limit``."""
+    limit = DEFAULT_LIST_LIMIT if limit is None else limit
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ApiError(ErrorType.INVALID_REQUEST, f"limit: must be between 1 and {MAX_LIST_LIMIT}")
+    return limit
+
+
+def queue_stats(
+    records: Iterable[WorkRecord], poll_times_us: Iterable[int], now_us: int
+) -> QueueStats:
+    """Queue statistics over settled ``records`` (other states are skipped) and
+    the last poll time of each worker (epoch us); see :class:`QueueStats`."""
+    depth = pending = 0
+    oldest: int | None = None
+    for record in records:
+        if record.state is not WorkState.QUEUED:
+            continue
+        if record.handed_out_at_us is None:
+            depth += 1
+        else:
+            pending += 1
+        if oldest is None or record.created_at_us < oldest:
+            oldest = record.created_at_us
+    window_start = now_us - WORKERS_POLLING_WINDOW_US
+    polling = sum(1 for at in poll_times_us if at >= window_start)
+    return QueueStats(depth, pending, oldest, polling)
 
 
 def encode_cursor(seq: int) -> str:
