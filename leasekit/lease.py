@@ -354,8 +354,10 @@ class LeaseRules:
         :class:`~leasekit.protocol.PreconditionFailed` (nothing changed) on a
         mismatch and ``invalid_request_error`` on a bad TTL.
         """
-        ttl_seconds = self.resolve_ttl(desired_ttl_seconds, record.ttl_seconds)
+        # Settle first: an expiry resets the TTL to the default, and a new
+        # holder without a desired TTL must get that, not the old holder's.
         self.settle(record, now_us)
+        ttl_seconds = self.resolve_ttl(desired_ttl_seconds, record.ttl_seconds)
         if expected_last_heartbeat is None:
             event = Event.UNCONDITIONAL
         elif expected_last_heartbeat == NO_HEARTBEAT:
