@@ -1,0 +1,122 @@
+"""The reference lease server: PROTOCOL.md part A over real HTTP.
+
+Build an ASGI app with :func:`create_app` and serve it with uvicorn, or run
+it in a background thread with :func:`running_server` (tests, notebooks)::
+
+    app = create_app(keys={"env_1": "key_1"}, seed_work={"env_1": 3})
+    with running_server(app) as base_url:
+        ...  # e.g. anthropic.Anthropic(base_url=base_url, api_key="key_1")
+
+State lives in memory (default) or in a SQLite file (``db_path``); every
+rule comes from :mod:`leasekit.lease`. ``app.state.faults`` injects lost
+requests, lost answers, errors and latency at run time. See docs/server.md.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..lease import LeaseConfig
+from ._app import LeaseServerApp
+from ._faults import FaultAction, FaultConfig, Faults
+from ._memory import MemoryStore
+from ._store import Store
+
+__all__ = [
+    "FaultAction",
+    "FaultConfig",
+    "Faults",
+    "LeaseServerApp",
+    "create_app",
+    "running_server",
+]
+
+
+def create_app(
+    keys: Mapping[str, str],
+    db_path: str | Path | None = None,
+    config: LeaseConfig | None = None,
+    faults: FaultConfig | None = None,
+    seed_work: Mapping[str, int] | None = None,
+) -> LeaseServerApp:
+    """Build the reference server.
+
+    ``keys`` maps each environment id to its API key (a key opens exactly one
+    environment). ``db_path``: a SQLite file (created if missing) or ``None``
+    for memory. ``config``: TTL settings in seconds. ``faults``: the faults
+    to start with. ``seed_work``: queued items to create at start, per
+    environment. Raises :class:`ValueError` for inconsistent arguments.
+    """
+    if not keys:
+        raise ValueError("keys: at least one environment and its key are needed")
+    for environment_id, key in keys.items():
+        if not environment_id or "/" in environment_id:
+            raise ValueError(f"keys: bad environment id {environment_id!r}")
+        if not key or not key.isprintable() or key != key.strip():
+            raise ValueError(f"keys: the key of {environment_id!r} is empty or not printable")
+    if len(set(keys.values())) != len(keys):
+        raise ValueError("keys: each environment needs its own key")
+    config = config or LeaseConfig()
+    store: Store
+    if db_path is None:
+        store = MemoryStore(config)
+    else:
+        from ._sqlite import SqliteStore
+
+        store = SqliteStore(Path(db_path), config)
+    for environment_id in keys:
+        store.add_environment(environment_id)
+    now_us = time.time_ns() // 1000
+    for environment_id, count in (seed_work or {}).items():
+        if environment_id not in keys:
+            raise ValueError(f"seed_work: unknown environment {environment_id!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"seed_work: {environment_id!r} needs a count >= 0, got {count!r}")
+        store.seed(environment_id, count, now_us)
+    return LeaseServerApp(store, keys, Faults(faults))
+
+
+@contextmanager
+def running_server(
+    app: LeaseServerApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    access_log: bool = False,
+) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yields the base URL.
+
+    ``port=0`` picks a free ephemeral port. On exit, held (dropped) requests
+    are released and the server stops; the store is closed.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="leasekit-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.005)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        app.release_holds()
+        server.should_exit = True
+        thread.join(timeout=30)
