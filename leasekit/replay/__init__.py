@@ -1,0 +1,24 @@
+"""Trace replay: import traces from leasekit, CSV and OpenTelemetry, ask what other
+TTLs would have done, fit a network model, and drive the simulator from a trace.
+
+* :func:`load_any_trace`: any supported trace file as the attempt table of
+  :func:`leasekit.trace.read_trace`;
+* :func:`what_if_ttl`: server expiries and false losses per TTL from the
+  trace's arrival times, with bounds;
+* :func:`fit_network`: delay, loss and burstiness of the trace's network.
+"""
+
+from ._fit import NetworkFit, fit_network
+from ._formats import FORMATS, HEARTBEAT_SPAN, detect_format, load_any_trace
+from ._whatif import WHAT_IF_COLUMNS, what_if_ttl
+
+__all__ = [
+    "FORMATS",
+    "HEARTBEAT_SPAN",
+    "WHAT_IF_COLUMNS",
+    "NetworkFit",
+    "detect_format",
+    "fit_network",
+    "load_any_trace",
+    "what_if_ttl",
+]
