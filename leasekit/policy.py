@@ -179,6 +179,11 @@ def _shutdown_signal(answer: HeartbeatAnswer) -> bool:
     return answer.state in (WorkState.STOPPING, WorkState.STOPPED) or not answer.lease_extended
 
 
+_SDK_RETRY_INITIAL_S: Final = 0.5
+_SDK_RETRY_MAX_S: Final = 8.0
+"""The SDK HTTP client's ``INITIAL_RETRY_DELAY`` and ``MAX_RETRY_DELAY`` (seconds)."""
+
+
 class SdkPolicy(HeartbeatPolicy):
     """The official SDK worker's heartbeat, rule for rule (``anthropic`` 2.x).
 
@@ -202,8 +207,8 @@ class SdkPolicy(HeartbeatPolicy):
 
     ``http_retries`` models the SDK's HTTP client under the worker: a
     transient *status* or connection error inside an attempt is retried up
-    to that many times after 0.5 s * 2**n (times a jitter in (0.75, 1]), within
-    the attempt's budget of one interval. Set it to 0 to model the worker
+    to that many times after min(0.5 s * 2**n, 8 s) (times a jitter in
+    (0.75, 1]), within the attempt's budget of one interval. Set it to 0 to model the worker
     loop alone.
     """
 
@@ -266,7 +271,9 @@ class SdkPolicy(HeartbeatPolicy):
         ended_at = result.received_at
         budget_end = self._attempt_started + self._attempt_budget_s
         if outcome is Outcome.TRANSIENT and self._retries_used < self.http_retries:
-            delay = 0.5 * 2.0**self._retries_used * (1 - 0.25 * self.rng.random())
+            # The SDK client's delay: min(0.5 * 2**n, 8) s, then the jitter.
+            backoff = min(_SDK_RETRY_INITIAL_S * 2.0**self._retries_used, _SDK_RETRY_MAX_S)
+            delay = backoff * (1 - 0.25 * self.rng.random())
             self._retries_used += 1
             if ended_at + delay < budget_end:
                 self.attempts += 1
