@@ -1,0 +1,390 @@
+"""The lease keeper against the real reference server on loopback (asyncio and trio)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from client_support import ENV, KEY, Server, serve, task_count
+
+from leasekit.client import LeaseClient, LeaseEvent, LeaseNotClaimed, StatusError, keep_lease
+from leasekit.policy import EndReason, HeartbeatPolicy, LeasekitPolicy, Outcome, SdkPolicy
+from leasekit.protocol import NO_HEARTBEAT, PreconditionFailed, WorkState, parse_timestamp
+from leasekit.trace import TraceHeader, TraceWriter, read_trace
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# the structural tests run on trio too; the fault tests on asyncio only, to keep the suite fast
+both_backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with serve(seed_work=40) as running:
+        yield running
+
+
+async def _claimable(client: LeaseClient) -> str:
+    item = await client.poll(ENV, worker_id="tests", block_ms=100)
+    assert item is not None, "the test server ran out of queued items"
+    await client.ack(ENV, item.id)
+    return item.id
+
+
+def _policies() -> list[HeartbeatPolicy]:
+    return [SdkPolicy(), LeasekitPolicy(ttl_seconds=3)]
+
+
+async def _wait_attempts(lease_attempts: list[LeaseEvent], count: int) -> None:
+    while sum(1 for e in lease_attempts if e.kind == "heartbeat") < count:
+        await anyio.sleep(0.05)
+
+
+@both_backends
+@pytest.mark.parametrize("policy_name", ["sdk", "leasekit"])
+async def test_both_policies_hold_a_lease_through_a_clean_run(
+    server: Server, policy_name: str
+) -> None:
+    policy = {"sdk": SdkPolicy(), "leasekit": LeasekitPolicy(ttl_seconds=3)}[policy_name]
+    before = task_count()
+    async with LeaseClient(server.url, KEY) as client:
+        work_id = await _claimable(client)
+        events: list[LeaseEvent] = []
+        async with keep_lease(client, ENV, work_id, policy=policy, on_event=events.append) as lease:
+            assert lease.held and lease.state is WorkState.ACTIVE
+            assert task_count() > before  # the heartbeat runs beside the body
+            # long enough for several renewals past one TTL
+            await _wait_attempts(events, 4)
+            assert lease.deadline is not None and lease.ttl_seconds in (2.0, 3.0)
+        assert lease.end_reason is None and lease.ended and not lease.held
+        outcomes = [e.result.outcome for e in events if e.result is not None]
+        assert outcomes[:4] == [Outcome.OK] * 4
+        assert events[-1].kind == "end"
+        # every renewal echoed the previous answer exactly
+        sends = [e.send for e in events if e.send is not None]
+        answers = [e.result.answer for e in events if e.result is not None]
+        assert sends[0].expected_last_heartbeat == NO_HEARTBEAT
+        for send, previous in zip(sends[1:], answers, strict=False):
+            assert previous is not None and send.expected_last_heartbeat == previous.last_heartbeat
+        item = await client.retrieve(ENV, work_id)
+        assert item.state is WorkState.ACTIVE
+    assert task_count() == before
+
+
+@both_backends
+async def test_the_body_is_cancelled_when_the_lease_ends(server: Server) -> None:
+    before = task_count()
+    async with LeaseClient(server.url, KEY) as client:
+        work_id = await _claimable(client)
+        events: list[LeaseEvent] = []
+        attempts_at_cancel: list[int] = []
+        async with keep_lease(
+            client, ENV, work_id, policy=LeasekitPolicy(ttl_seconds=3), on_event=events.append
+        ) as lease:
+            await client.stop(ENV, work_id, force=True)  # the server ends the lease
+            try:
+                await anyio.sleep_forever()
+            finally:
+                attempts_at_cancel.append(lease.attempts)
+                assert lease.ended  # the lease ended before the body was cancelled
+        assert lease.end_reason is EndReason.SHUTDOWN
+        # the body was cancelled right after the answer that ended the lease
+        assert attempts_at_cancel == [lease.attempts]
+        last = events[-2].result
+        assert last is not None and last.answer is not None
+        assert last.answer.state is WorkState.STOPPED and not last.answer.lease_extended
+    assert task_count() == before
+
+
+@both_backends
+async def test_an_error_in_the_body_propagates_unwrapped(server: Server) -> None:
+    before = task_count()
+    async with LeaseClient(server.url, KEY) as client:
+        work_id = await _claimable(client)
+        with pytest.raises(KeyError, match="boom"):
+            async with keep_lease(client, ENV, work_id) as lease:
+                raise KeyError("boom")
+        assert lease.ended and lease.end_reason is None
+    assert task_count() == before
+
+
+async def test_a_lease_that_cannot_be_claimed_raises_before_the_body(server: Server) -> None:
+    async with LeaseClient(server.url, KEY) as client:
+        work_id = await _claimable(client)
+        await client.heartbeat(ENV, work_id, NO_HEARTBEAT)  # someone else claimed it
+        ran = False
+        with pytest.raises(LeaseNotClaimed) as caught:
+            async with keep_lease(client, ENV, work_id, policy=SdkPolicy()):
+                ran = True
+        assert not ran
+        assert caught.value.lease.end_reason is EndReason.LOST
+
+
+@both_backends
+async def test_the_event_stream_ends_with_the_lease(server: Server) -> None:
+    async with LeaseClient(server.url, KEY) as client:
+        work_id = await _claimable(client)
+        seen: list[LeaseEvent] = []
+        async with keep_lease(client, ENV, work_id, policy=SdkPolicy()) as lease:
+            stream = lease.events()
+            await client.stop(ENV, work_id, force=False)  # graceful: stopping
+            with anyio.CancelScope(shield=True):
+                async with stream:
+                    async for event in stream:
+                        seen.append(event)
+        assert [e.kind for e in seen][-1] == "end"
+        assert seen[-1].reason is EndReason.SHUTDOWN
+
+
+async def test_client_errors_are_typed(server: Server) -> None:
+    async with LeaseClient(server.url, KEY, auth="x-api-key") as client:
+        work_id = await _claimable(client)
+        answer = await client.heartbeat(ENV, work_id, NO_HEARTBEAT, desired_ttl_seconds=5)
+        assert answer.ttl_seconds == 5 and answer.state is WorkState.ACTIVE
+        with pytest.raises(PreconditionFailed) as lost:
+            await client.heartbeat(ENV, work_id, "2020-01-01T00:00:00.000000Z")
+        assert lost.value.current_state.last_heartbeat == answer.last_heartbeat
+        with pytest.raises(StatusError) as missing:
+            await client.retrieve(ENV, "work_nope")
+        assert missing.value.status == 404 and missing.value.outcome is Outcome.REJECTED
+        stats = await client.stats(ENV)
+        assert stats.depth >= 0
+        page = await client.list(ENV, limit=2)
+        assert len(page.data) == 2
+        updated = await client.update(ENV, work_id, {"owner": "tests"})
+        assert updated.metadata["owner"] == "tests"
+        created = await client.create(ENV, metadata={"k": "v"})
+        assert created.state is WorkState.QUEUED
+    async with LeaseClient(server.url, "wrong key") as client:
+        with pytest.raises(StatusError) as denied:
+            await client.stats(ENV)
+        assert denied.value.status == 401 and denied.value.outcome is Outcome.REJECTED
+        assert "wrong key" not in repr(client)
+
+
+async def test_the_client_sends_the_sdk_headers_and_an_empty_body(server: Server) -> None:
+    seen: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(request)
+
+    http = httpx.AsyncClient(event_hooks={"request": [record]})
+    async with http, LeaseClient(server.url, KEY, http=http) as client:
+        work_id = await _claimable(client)
+        await client.heartbeat(ENV, work_id, NO_HEARTBEAT, desired_ttl_seconds=4)
+    beat = seen[-1]
+    assert beat.method == "POST" and beat.url.path.endswith(f"/work/{work_id}/heartbeat")
+    assert beat.url.params["expected_last_heartbeat"] == NO_HEARTBEAT
+    assert beat.url.params["desired_ttl_seconds"] == "4"
+    assert beat.content == b"" and beat.headers["content-length"] == "0"
+    assert beat.headers["anthropic-version"] == "2023-06-01"
+    assert beat.headers["anthropic-beta"] == "managed-agents-2026-04-01"
+    assert beat.headers["authorization"] == f"Bearer {KEY}"
+    poll = seen[0]
+    assert poll.headers["anthropic-worker-id"] == "tests"
+    assert poll.url.params["block_ms"] == "100"
+
+
+async def test_a_recorded_trace_round_trips_and_holds_no_secrets(
+    server: Server, tmp_path: Path
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    policy = LeasekitPolicy(ttl_seconds=3)
+    async with LeaseClient(server.url, KEY) as client:
+        item = await client.poll(ENV, worker_id="tests", block_ms=100)
+        assert item is not None and item.secret
+        await client.ack(ENV, item.id)
+        header = TraceHeader(policy.name, policy.parameters(), 3, source="tests")
+        events: list[LeaseEvent] = []
+        with TraceWriter(path, header) as writer:
+            async with keep_lease(
+                client,
+                ENV,
+                item.id,
+                policy=policy,
+                trace=writer,
+                worker="w1",
+                on_event=events.append,
+            ):
+                await _wait_attempts(events, 3)
+                server.queue("drop_answer")  # one timeout, then an adopted 412
+                await _wait_attempts(events, 6)
+    text = path.read_text()
+    assert KEY not in text and item.secret not in text
+    trace = read_trace(path)
+    assert trace.header.policy_name == "leasekit" and trace.header.desired_ttl_seconds == 3
+    frame = trace.attempts
+    heartbeats = [e for e in events if e.kind == "heartbeat"]
+    assert len(frame) == len(heartbeats)
+    assert frame["outcome"].tolist() == [e.result.outcome.value for e in heartbeats if e.result]
+    assert "timeout" in frame["outcome"].tolist()
+    assert "precondition_failed" in frame["outcome"].tolist()
+    assert (frame["received_s"] >= frame["sent_s"]).all()
+    assert frame["sent_s"].is_monotonic_increasing
+    assert set(frame["worker"]) == {"w1"} and set(frame["work_id"]) == {item.id}
+    assert trace.ends["reason"].tolist() == ["released"]
+
+
+# --------------------------------------------------------------- faults
+
+
+async def _hold_until_end(
+    client: LeaseClient, work_id: str, policy: HeartbeatPolicy, server: Server, fault: str
+) -> tuple[EndReason | None, list[LeaseEvent]]:
+    events: list[LeaseEvent] = []
+
+    def on_event(event: LeaseEvent) -> None:
+        events.append(event)
+        oks = sum(1 for e in events if e.result is not None and e.result.outcome is Outcome.OK)
+        if event.kind == "heartbeat" and oks == 2 and event.result.outcome is Outcome.OK:
+            server.queue(fault)
+
+    async with keep_lease(client, ENV, work_id, policy=policy, on_event=on_event) as lease:
+        # a clean run would renew forever; stop waiting some beats after the fault
+        await _wait_attempts(events, 6)
+    return lease.end_reason, events
+
+
+async def test_a_lost_answer_ends_the_sdk_lease_but_leasekit_adopts_its_own_heartbeat(
+    server: Server,
+) -> None:
+    async with LeaseClient(server.url, KEY) as client:
+        # TTL 2 s, interval 1 s: at most two intervals, so the timed-out attempt
+        # already makes the SDK assume the lease lost
+        work_id = await _claimable(client)
+        reason, events = await _hold_until_end(client, work_id, SdkPolicy(), server, "drop_answer")
+        assert reason is EndReason.ASSUMED_LOST
+        outcomes = [e.result.outcome for e in events if e.result is not None]
+        assert outcomes == [Outcome.OK, Outcome.OK, Outcome.TIMEOUT]
+        # ...while the server still holds the lease for it: applied, answer lost
+        item = await client.retrieve(ENV, work_id)
+        assert item.state is WorkState.ACTIVE
+
+        work_id = await _claimable(client)
+        policy = LeasekitPolicy(ttl_seconds=3)
+        reason, events = await _hold_until_end(client, work_id, policy, server, "drop_answer")
+        assert reason is None  # held to the end
+        outcomes = [e.result.outcome for e in events if e.result is not None]
+        assert outcomes[:4] == [
+            Outcome.OK,
+            Outcome.OK,
+            Outcome.TIMEOUT,
+            Outcome.PRECONDITION_FAILED,
+        ]
+        assert set(outcomes[4:]) == {Outcome.OK}
+        assert policy.adoptions == 1
+
+
+@pytest.mark.parametrize("policy_name", ["sdk", "leasekit"])
+async def test_a_request_held_past_the_deadline_ends_the_lease_before_the_server_does(
+    server: Server, policy_name: str, tmp_path: Path
+) -> None:
+    policy = {"sdk": SdkPolicy(), "leasekit": LeasekitPolicy(ttl_seconds=2)}[policy_name]
+    path = tmp_path / "trace.jsonl"
+    async with LeaseClient(server.url, KEY) as client:
+        work_id = await _claimable(client)
+        body_cancelled = False
+        events: list[LeaseEvent] = []
+        with TraceWriter(path, TraceHeader(policy.name)) as writer:
+
+            def on_event(event: LeaseEvent) -> None:
+                events.append(event)
+                if len(events) == 2:
+                    server.queue(*["drop_request"] * 5)
+
+            async with keep_lease(
+                client, ENV, work_id, policy=policy, trace=writer, on_event=on_event
+            ) as lease:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    body_cancelled = True
+        assert body_cancelled and lease.end_reason is EndReason.ASSUMED_LOST
+        server.app.state.faults._queued.clear()  # leave the server clean for other tests
+        trace = read_trace(path)
+        frame = trace.attempts
+        ok = frame[frame["outcome"] == "ok"]
+        last_ok = ok.iloc[-1]
+        # the server's deadline: when it stored our last renewal, plus the TTL
+        server_expiry_us = parse_timestamp(last_ok["last_heartbeat"]) + 2_000_000
+        created_us = parse_timestamp(trace.header.created_at)
+        end_us = created_us + round(trace.ends["at_s"].iloc[0] * 1e6)
+        # every attempt after the last success went unanswered
+        assert set(frame["outcome"][frame["line"] > last_ok["line"]]) == {"timeout"}
+        if policy_name == "leasekit":
+            # anchored at the send time: stops believing before the server expires it
+            assert end_us <= server_expiry_us
+        else:
+            # the SDK anchors at the receive time: it may outlive the server's
+            # deadline by at most the last answer's trip
+            received_us = created_us + round(last_ok["received_s"] * 1e6)
+            sent_us = created_us + round(last_ok["sent_s"] * 1e6)
+            assert end_us <= server_expiry_us + (received_us - sent_us) + 50_000
+
+
+def _claim_with_official_sdk(base_url: str, work_id: str, claimed: list[str]) -> None:
+    """A second worker, the official SDK, claims ``work_id`` once it expired."""
+    from anthropic import Anthropic
+
+    client = Anthropic(base_url=base_url, api_key=KEY)
+    work = client.beta.environments.work
+    while work.retrieve(work_id, environment_id=ENV).state != "queued":
+        time.sleep(0.05)
+    item = work.poll(ENV, anthropic_worker_id="second", block_ms=500)
+    assert item is not None and item.id == work_id
+    work.ack(work_id, environment_id=ENV)
+    answer = work.heartbeat(work_id, environment_id=ENV, expected_last_heartbeat=NO_HEARTBEAT)
+    claimed.append(answer.last_heartbeat)
+
+
+@pytest.mark.parametrize("enforce_deadline", [False, True])
+async def test_a_second_worker_claiming_after_expiry_ends_the_first_lease(
+    enforce_deadline: bool,
+) -> None:
+    # a server of its own: the second worker must get exactly this item
+    with serve(seed_work=1) as own:
+        async with LeaseClient(own.url, KEY) as client:
+            work_id = await _claimable(client)
+            events: list[LeaseEvent] = []
+            claimed: list[str] = []
+            async with keep_lease(
+                client,
+                ENV,
+                work_id,
+                policy=SdkPolicy(),
+                on_event=events.append,
+                enforce_deadline=enforce_deadline,
+            ) as lease:
+                await _wait_attempts(events, 2)
+                # the whole process stalls (a long GC pause, a stopped VM) while
+                # the lease expires and another worker claims the item
+                second = threading.Thread(
+                    target=_claim_with_official_sdk, args=(own.url, work_id, claimed)
+                )
+                second.start()
+                second.join()
+                await anyio.sleep_forever()
+    assert claimed, "the second worker did not claim the item"
+    results = [e.result for e in events if e.result is not None]
+    if enforce_deadline:
+        # the keeper noticed its deadline had passed and sent nothing stale
+        assert lease.end_reason is EndReason.ASSUMED_LOST
+        assert [r.outcome for r in results] == [Outcome.OK, Outcome.OK]
+    else:
+        # the policy alone sends its stale echo, and the 412 ends the lease
+        assert lease.end_reason is EndReason.LOST
+        last = results[-1]
+        assert last.outcome is Outcome.PRECONDITION_FAILED and last.current_state is not None
+        assert last.current_state.state is WorkState.ACTIVE
+        assert last.current_state.last_heartbeat == claimed[0]
