@@ -164,6 +164,7 @@ class LeaseServerApp:
         self._arrivals: dict[str, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
+        self._held = 0
         self._request_prefix = "req_" + secrets.token_hex(6)
         self._request_counter = itertools.count(1)
 
@@ -193,6 +194,11 @@ class LeaseServerApp:
             self._closing = asyncio.Event()
         return self._closing
 
+    @property
+    def held_requests(self) -> int:
+        """How many requests a drop fault is holding without an answer now."""
+        return self._held
+
     def release_holds(self) -> None:
         """End every held (dropped) request now; safe from any thread.
         Call before stopping the server so that shutdown does not wait."""
@@ -220,7 +226,7 @@ class LeaseServerApp:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if action == "drop_request":
-                    await self._hold(receive)
+                    await self._hold(receive, send, request_id)
                     return
                 if action == "error":
                     status = faults.error_status()
@@ -244,8 +250,13 @@ class LeaseServerApp:
             status = 500
             answer = ApiError(ErrorType.API, "internal server error").envelope(request_id)
         if action == "drop_answer":
-            await self._hold(receive)
+            await self._hold(receive, send, request_id)
             return
+        await self._send_json(send, status, answer, request_id)
+
+    async def _send_json(
+        self, send: Send, status: int, answer: Json | None, request_id: str
+    ) -> None:
         payload = dumps(answer)
         await send(
             {
@@ -304,24 +315,32 @@ class LeaseServerApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _hold(self, receive: Receive) -> None:
+    async def _hold(self, receive: Receive, send: Send, request_id: str) -> None:
         """Keep the connection open without answering until the client gives
-        up, the server shuts down, or :data:`HOLD_LIMIT_S` passes."""
+        up, the server shuts down, or :data:`HOLD_LIMIT_S` passes. In the
+        last two cases the client is still there: tell it we are overloaded
+        rather than leave the server to improvise an answer."""
         closing = self._bind_loop()
 
         async def until_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        waiters = {
-            asyncio.ensure_future(until_disconnect()),
-            asyncio.ensure_future(closing.wait()),
-        }
+        disconnected = asyncio.ensure_future(until_disconnect())
+        released = asyncio.ensure_future(closing.wait())
+        self._held += 1
         try:
-            await asyncio.wait(waiters, timeout=HOLD_LIMIT_S, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (disconnected, released), timeout=HOLD_LIMIT_S, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            self._held -= 1
+            released.cancel()
+            if not disconnected.done():
+                disconnected.cancel()
+        if not disconnected.done() or disconnected.cancelled():
+            error = ApiError(ErrorType.OVERLOADED, "the server stopped holding this request")
+            await self._send_json(send, error.status, error.envelope(request_id), request_id)
 
     def _arrival(self, environment_id: str) -> asyncio.Event:
         event = self._arrivals.get(environment_id)
