@@ -64,18 +64,28 @@ class WorkState(enum.StrEnum):
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# The text up to the seconds of the last second formatted: heartbeats come in
+# bursts within one second (the server, the simulator), and building the
+# datetime is most of the cost.
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def format_timestamp(epoch_us: int) -> str:
     """Format integer microseconds since the Unix epoch as RFC 3339 UTC.
 
     Always six fractional digits and a ``Z`` suffix, so the text of two
     timestamps orders like their values.
     """
-    moment = _EPOCH + timedelta(microseconds=epoch_us)
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
-        f"{moment.microsecond:06d}Z"
-    )
+    second, micro = divmod(epoch_us, 1_000_000)
+    cached_second, prefix = _last_second[0]
+    if second != cached_second:
+        moment = _EPOCH + timedelta(seconds=second)
+        prefix = (
+            f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}."
+        )
+        _last_second[0] = (second, prefix)
+    return f"{prefix}{micro:06d}Z"
 
 
 def parse_timestamp(text: str) -> int:
