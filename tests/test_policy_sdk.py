@@ -19,76 +19,10 @@ from anthropic import _base_client, _constants
 from anthropic._base_client import FinalRequestOptions
 from anthropic.lib import _retry
 from anthropic.lib.environments import _worker
+from policy_support import TRIP_S, FixedRandom, Play
 
-from leasekit.policy import (
-    EndReason,
-    HeartbeatPolicy,
-    Outcome,
-    Result,
-    SdkPolicy,
-    Send,
-    Stop,
-    classify_status,
-)
-from leasekit.protocol import NO_HEARTBEAT, HeartbeatAnswer, LeaseState, WorkState
-
-TRIP_S = 0.1  # answer time of an answered attempt
-
-
-def ok(
-    ttl: int = 90, value: str = "hb", state: WorkState = WorkState.ACTIVE, extended: bool = True
-) -> HeartbeatAnswer:
-    return HeartbeatAnswer(value, extended, state, ttl)
-
-
-class Play:
-    """Drives a policy by hand: each call answers the pending ``Send``."""
-
-    def __init__(self, policy: HeartbeatPolicy, now: float = 1000.0) -> None:
-        self.policy = policy
-        self.action = policy.start(now)
-        self.sends: list[Send] = []
-        self._keep()
-
-    def _keep(self) -> None:
-        if isinstance(self.action, Send):
-            self.sends.append(self.action)
-
-    @property
-    def send(self) -> Send:
-        assert isinstance(self.action, Send), self.action
-        return self.action
-
-    @property
-    def stop(self) -> Stop:
-        assert isinstance(self.action, Stop), self.action
-        return self.action
-
-    def result(
-        self,
-        outcome: Outcome,
-        *,
-        after: float = TRIP_S,
-        answer: HeartbeatAnswer | None = None,
-        current_state: LeaseState | None = None,
-        status: int | None = None,
-    ) -> Play:
-        send = self.send
-        received = send.at + (send.timeout_s if outcome is Outcome.TIMEOUT else after)
-        result = Result(outcome, send.at, received, answer, current_state, status)
-        self.action = self.policy.observe(result)
-        self._keep()
-        return self
-
-    def ok(self, **fields: object) -> Play:
-        value = fields.pop("value", f"hb{len(self.sends)}")
-        return self.result(Outcome.OK, answer=ok(value=value, **fields))  # type: ignore[arg-type]
-
-    def timeout(self) -> Play:
-        return self.result(Outcome.TIMEOUT)
-
-    def transient(self, status: int | None = 503, after: float = TRIP_S) -> Play:
-        return self.result(Outcome.TRANSIENT, status=status, after=after)
+from leasekit.policy import EndReason, Outcome, SdkPolicy, Send, classify_status
+from leasekit.protocol import NO_HEARTBEAT, LeaseState, WorkState
 
 
 def sdk(http_retries: int = 0, seed: int = 1) -> SdkPolicy:
@@ -281,17 +215,6 @@ def test_echoes_the_last_value_exactly() -> None:
 # ----------------------------------------------------------------- http_retries
 
 
-class _FixedRandom(random.Random):
-    """An rng whose ``random()`` always answers one value."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
-
-
 @pytest.mark.parametrize("draw", [0.0, 0.37, 0.999999])
 def test_http_retry_delays_match_the_sdk_client(
     draw: float, monkeypatch: pytest.MonkeyPatch
@@ -301,7 +224,7 @@ def test_http_retry_delays_match_the_sdk_client(
     client = anthropic.Anthropic(api_key="test", max_retries=6)
     options = FinalRequestOptions.construct(method="post", url="/heartbeat")
     sdk_delays = [client._calculate_retry_timeout(6 - n, options, None) for n in range(6)]
-    policy = SdkPolicy(http_retries=6, rng=_FixedRandom(draw))
+    policy = SdkPolicy(http_retries=6, rng=FixedRandom(draw))
     play = Play(policy).ok(ttl=90)  # interval 30: room for six retries
     policy_delays = []
     for _ in range(6):

@@ -1,0 +1,459 @@
+"""LeasekitPolicy rule by rule (PROTOCOL.md part C), FixedPolicy, make_policy.
+
+Plus one end-to-end check: both SdkPolicy and LeasekitPolicy against a real
+LeaseBook, over a tiny hand-written network (fixed one-way delay, one lost
+answer), with a competing worker polling for the same item.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+from policy_support import TRIP_S, Play, ok
+
+from leasekit.lease import LeaseBook, LeaseConfig
+from leasekit.policy import (
+    EndReason,
+    FixedPolicy,
+    HeartbeatPolicy,
+    LeasekitPolicy,
+    Outcome,
+    Result,
+    SdkPolicy,
+    Send,
+    Stop,
+    make_policy,
+)
+from leasekit.protocol import NO_HEARTBEAT, LeaseState, PreconditionFailed, WorkState
+
+RHO = 1e-4
+
+
+def leasekit(seed: int = 1, **options: object) -> LeasekitPolicy:
+    options.setdefault("ttl_seconds", 30)
+    return LeasekitPolicy(rng=random.Random(seed), **options)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- schedule
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_beats_at_about_a_third_of_ttl_with_bounded_jitter_anchored_at_send_time(
+    seed: int,
+) -> None:
+    slow = Play(leasekit(seed)).ok(ttl=30)
+    sent = slow.sends[0].at
+    assert 10 * 0.9 <= slow.send.at - sent <= 10 * 1.1
+    # the same draw with a slower answer: same beat time, the anchor is the send
+    fast = Play(leasekit(seed)).result(Outcome.OK, after=2.5, answer=ok(ttl=30))
+    assert fast.send.at == pytest.approx(slow.send.at)
+
+
+def test_jitter_spreads_beats() -> None:
+    gaps = {round(Play(leasekit(seed)).ok(ttl=30).send.at, 6) for seed in range(20)}
+    assert len(gaps) == 20, "workers do not beat in step"
+    no_jitter = {Play(leasekit(seed, jitter_fraction=0.0)).ok(ttl=30).send.at for seed in range(5)}
+    assert no_jitter == {1000.0 + 10.0}
+
+
+def test_late_answer_sends_the_next_beat_at_once() -> None:
+    play = Play(leasekit(jitter_fraction=0.0)).result(Outcome.OK, after=12.0, answer=ok(ttl=30))
+    assert play.send.at == pytest.approx(1000.0 + 12.0), "never schedules in the past"
+
+
+def test_asks_for_its_ttl_seconds() -> None:
+    play = Play(leasekit(ttl_seconds=45)).ok(ttl=45).timeout().transient()
+    assert {send.desired_ttl_seconds for send in play.sends} == {45}
+    default = Play(LeasekitPolicy(rng=random.Random(1)))
+    assert default.send.desired_ttl_seconds is None and default.policy.ttl_seconds == 90.0
+
+
+def test_uses_the_granted_ttl_not_the_asked_one() -> None:
+    play = Play(leasekit(ttl_seconds=30, jitter_fraction=0.0)).ok(ttl=60)  # clamped up
+    assert play.policy.ttl_seconds == 60.0
+    assert play.send.at == pytest.approx(1000.0 + 20.0)
+    assert play.policy.deadline == pytest.approx(1000.0 + 60 * (1 - RHO))
+
+
+# ----------------------------------------------------------------- retries and timeouts
+
+
+@pytest.mark.parametrize("failure", ["transient", "timeout"])
+def test_fast_exponential_retry_after_transient_or_timeout_capped(failure: str) -> None:
+    policy = leasekit(ttl_seconds=300, jitter_fraction=0.0, attempt_timeout_s=1.0)
+    play = Play(policy).ok(ttl=300)
+    delays = []
+    for _ in range(7):
+        send = play.send
+        ended = send.at + (send.timeout_s if failure == "timeout" else TRIP_S)
+        play.timeout() if failure == "timeout" else play.transient()
+        delays.append(play.send.at - ended)
+    assert delays == pytest.approx([0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0])
+    # a success resets the backoff
+    play.ok(ttl=300)
+    send = play.send
+    play.transient()
+    assert play.send.at - (send.at + TRIP_S) == pytest.approx(0.5)
+
+
+def test_retry_jitter_is_bounded() -> None:
+    for seed in range(30):
+        play = Play(leasekit(seed, ttl_seconds=300, attempt_timeout_s=1.0)).ok(ttl=300)
+        for n in range(6):
+            send = play.send
+            play.transient()
+            base = min(5.0, 0.5 * 2**n)
+            assert base * 0.9 <= play.send.at - (send.at + TRIP_S) <= base * 1.1
+
+
+@pytest.mark.parametrize(
+    ("ttl", "timeout"), [(5, 1.0), (10, 1.0), (30, 3.0), (90, 9.0), (600, 10.0)]
+)
+def test_attempt_timeout_is_a_tenth_of_ttl_between_1_and_10_s(ttl: int, timeout: float) -> None:
+    play = Play(leasekit(ttl_seconds=ttl)).ok(ttl=ttl)
+    assert play.send.timeout_s == pytest.approx(timeout)
+    explicit = Play(leasekit(ttl_seconds=ttl, attempt_timeout_s=0.25)).ok(ttl=ttl)
+    assert explicit.send.timeout_s == 0.25
+
+
+def test_local_deadline_is_send_time_of_last_success_plus_ttl_times_1_minus_rho() -> None:
+    play = Play(leasekit()).result(Outcome.OK, after=3.0, answer=ok(ttl=30))
+    first_sent = play.sends[0].at
+    assert play.policy.deadline == pytest.approx(first_sent + 30 * (1 - RHO))
+    drift = Play(leasekit(clock_drift=0.01)).ok(ttl=30)
+    assert drift.policy.deadline == pytest.approx(1000.0 + 30 * 0.99)
+    # a failure does not move it
+    deadline = play.policy.deadline
+    play.timeout()
+    assert play.policy.deadline == deadline
+
+
+def test_per_attempt_timeout_never_past_the_local_deadline_and_no_send_after_it() -> None:
+    # beat at +10, then attempts of 3 s with retries 0.5, 1, 2, 4 s apart: the
+    # fifth starts at +29.5 and is cut to end at the deadline (+29.997)
+    policy = leasekit(ttl_seconds=30, attempt_timeout_s=3.0, jitter_fraction=0.0)
+    play = Play(policy).ok(ttl=30)
+    deadline = policy.deadline
+    assert deadline is not None
+    while isinstance(play.action, Send):
+        assert play.send.at < deadline
+        assert play.send.at + play.send.timeout_s <= deadline + 1e-9
+        play.timeout()
+    assert play.stop.reason is EndReason.ASSUMED_LOST and "deadline" in play.stop.detail
+    last = play.sends[-1]
+    assert last.at == pytest.approx(1029.5)
+    assert last.at + last.timeout_s == pytest.approx(deadline), "the last attempt is cut short"
+    assert policy.held is False
+
+
+def test_claim_given_up_after_one_ttl_without_an_answer() -> None:
+    play = Play(leasekit(ttl_seconds=10), now=0.0)
+    assert play.send.expected_last_heartbeat == NO_HEARTBEAT
+    while isinstance(play.action, Send):
+        assert play.send.at + play.send.timeout_s <= 10.0 + 1e-9
+        assert play.send.expected_last_heartbeat == NO_HEARTBEAT
+        play.transient()
+    assert play.stop.reason is EndReason.ASSUMED_LOST and "claim" in play.stop.detail
+
+
+# ----------------------------------------------------------------- endings
+
+
+@pytest.mark.parametrize(
+    ("state", "extended"),
+    [(WorkState.STOPPING, True), (WorkState.STOPPED, False), (WorkState.ACTIVE, False)],
+)
+def test_shutdown_signals_end_heartbeating(state: WorkState, extended: bool) -> None:
+    play = Play(leasekit()).ok(ttl=30).ok(ttl=30, state=state, extended=extended)
+    assert play.stop.reason is EndReason.SHUTDOWN
+    assert play.policy.held is False
+
+
+def test_rejection_ends_heartbeating() -> None:
+    play = Play(leasekit()).ok(ttl=30).result(Outcome.REJECTED, status=403)
+    assert play.stop.reason is EndReason.REJECTED and "403" in play.stop.detail
+
+
+# ----------------------------------------------------------------- adopting a self-inflicted 412
+
+
+def _ambiguous_then_412(
+    current: LeaseState | None, *, claim: bool = False, received_after: float = TRIP_S
+) -> Play:
+    """Success L ("L"), then a timeout and a transient (ambiguous), then a 412."""
+    play = Play(leasekit(ttl_seconds=30))
+    if not claim:
+        play.ok(ttl=30, value="L")
+    play.timeout().transient()
+    play.result(
+        Outcome.PRECONDITION_FAILED, current_state=current, status=412, after=received_after
+    )
+    return play
+
+
+ADOPTABLE = LeaseState("L-prime", WorkState.ACTIVE, 20)
+
+
+def test_adopts_a_self_inflicted_412_and_reanchors_at_the_earliest_ambiguous_send() -> None:
+    play = _ambiguous_then_412(ADOPTABLE)
+    policy = play.policy
+    assert isinstance(policy, LeasekitPolicy) and policy.adoptions == 1
+    first_ambiguous, second_ambiguous, refused = play.sends[1], play.sends[2], play.sends[3]
+    assert first_ambiguous.at < second_ambiguous.at < refused.at
+    renew = play.send
+    assert renew.expected_last_heartbeat == "L-prime"
+    assert renew.at == pytest.approx(refused.at + TRIP_S), "renews at once"
+    assert policy.ttl_seconds == 20.0
+    assert policy.deadline == pytest.approx(first_ambiguous.at + 20 * (1 - RHO))
+    assert renew.at + renew.timeout_s <= policy.deadline
+    # and it goes on normally: the next success anchors at its own send
+    play.ok(ttl=20)
+    assert policy.deadline == pytest.approx(renew.at + 20 * (1 - RHO))
+
+
+def test_adoption_works_more_than_once() -> None:
+    play = _ambiguous_then_412(ADOPTABLE)
+    play.ok(ttl=30, value="M").timeout()
+    play.result(
+        Outcome.PRECONDITION_FAILED,
+        current_state=LeaseState("M-prime", WorkState.ACTIVE, 30),
+        status=412,
+    )
+    assert play.send.expected_last_heartbeat == "M-prime"
+    assert isinstance(play.policy, LeasekitPolicy) and play.policy.adoptions == 2
+
+
+def test_must_not_adopt_without_an_ambiguous_attempt() -> None:
+    play = Play(leasekit()).ok(ttl=30, value="L")
+    play.result(Outcome.PRECONDITION_FAILED, current_state=ADOPTABLE, status=412)
+    assert play.stop.reason is EndReason.LOST
+
+
+def test_must_not_adopt_when_the_answer_came_after_the_local_deadline() -> None:
+    play = Play(leasekit(ttl_seconds=30, attempt_timeout_s=1.0)).ok(ttl=30, value="L")
+    deadline = play.policy.deadline
+    assert deadline is not None
+    play.timeout()
+    late = deadline - play.send.at  # arrives exactly at the local deadline: too late
+    play.result(Outcome.PRECONDITION_FAILED, current_state=ADOPTABLE, status=412, after=late)
+    assert play.stop.reason is EndReason.LOST
+
+
+def test_adopts_just_before_the_local_deadline() -> None:
+    play = Play(leasekit(ttl_seconds=30, attempt_timeout_s=1.0)).ok(ttl=30, value="L")
+    deadline = play.policy.deadline
+    assert deadline is not None
+    play.timeout()
+    just = deadline - play.send.at - 1e-6
+    current = LeaseState("L-prime", WorkState.ACTIVE, 30)
+    play.result(Outcome.PRECONDITION_FAILED, current_state=current, status=412, after=just)
+    assert isinstance(play.action, Send) and play.send.expected_last_heartbeat == "L-prime"
+
+
+@pytest.mark.parametrize(
+    "current",
+    [
+        LeaseState(None, WorkState.QUEUED, 30),
+        LeaseState(None, WorkState.STARTING, 30),
+        LeaseState("L-prime", WorkState.STARTING, 30),
+        LeaseState(None, WorkState.ACTIVE, 30),
+        LeaseState("L", WorkState.ACTIVE, 30),  # the stored value equals what it echoed
+        None,
+    ],
+    ids=["queued", "starting", "starting-with-value", "null-value", "same-value", "no-state"],
+)
+def test_must_not_adopt_unless_active_with_a_different_stored_value(
+    current: LeaseState | None,
+) -> None:
+    play = _ambiguous_then_412(current)
+    assert play.stop.reason is EndReason.LOST
+    assert isinstance(play.policy, LeasekitPolicy) and play.policy.adoptions == 0
+
+
+def test_must_not_adopt_a_412_that_answered_a_claim() -> None:
+    """Another poller may share a claim: a 412 to NO_HEARTBEAT proves nothing."""
+    play = _ambiguous_then_412(ADOPTABLE, claim=True)
+    assert all(send.expected_last_heartbeat == NO_HEARTBEAT for send in play.sends)
+    assert play.stop.reason is EndReason.LOST
+
+
+# ----------------------------------------------------------------- end to end with a real LeaseBook
+
+US = 1_000_000
+T0 = 1_790_000_000 * US
+ENV = "env_e2e"
+ONE_WAY_S = 0.05
+
+
+@dataclass
+class Run:
+    end: Stop | Send
+    ended_at: float
+    holder_until: float
+    """Until when the policy believed it held the lease (seconds)."""
+    rival_claimed_at: float | None
+    refusals: int
+    book: LeaseBook
+    work_id: str
+
+
+def _run(policy: HeartbeatPolicy, *, lose_answer_of: int, until: float = 400.0) -> Run:
+    """One worker runs ``policy``; a rival polls every second and claims what it gets.
+
+    Each request takes ``ONE_WAY_S`` each way; the answer of attempt
+    ``lose_answer_of`` is lost (the server applied the request). Times are
+    seconds from T0 on one clock shared by client and server.
+    """
+    book = LeaseBook(LeaseConfig())  # default TTL 90 s
+    book.add_environment(ENV)
+    work_id = book.enqueue(ENV, T0).work_id
+    assert book.poll(ENV, T0, worker_id="worker") is not None
+    book.ack(ENV, work_id, T0)
+
+    def at_us(seconds: float) -> int:
+        return T0 + round(seconds * US)
+
+    rival_next, rival_claimed_at = 1.0, None
+
+    def rival_polls_until(seconds: float) -> None:
+        nonlocal rival_next, rival_claimed_at
+        while rival_claimed_at is None and rival_next <= seconds:
+            if book.poll(ENV, at_us(rival_next), worker_id="rival") is not None:
+                book.ack(ENV, work_id, at_us(rival_next))
+                book.heartbeat(ENV, work_id, at_us(rival_next), NO_HEARTBEAT)
+                rival_claimed_at = rival_next
+            rival_next += 1.0
+
+    action: Stop | Send = policy.start(0.0)
+    refusals = 0
+    holder_until = 0.0
+    while isinstance(action, Send) and action.at < until:
+        rival_polls_until(action.at)
+        sent = action.at
+        arrives = sent + ONE_WAY_S
+        try:
+            answer = book.heartbeat(
+                ENV,
+                work_id,
+                at_us(arrives),
+                action.expected_last_heartbeat,
+                action.desired_ttl_seconds,
+            )
+            result = Result(Outcome.OK, sent, arrives + ONE_WAY_S, answer=answer, status=200)
+        except PreconditionFailed as refused:
+            refusals += 1
+            result = Result(
+                Outcome.PRECONDITION_FAILED,
+                sent,
+                arrives + ONE_WAY_S,
+                current_state=refused.current_state,
+                status=412,
+            )
+        if action.attempt == lose_answer_of:
+            result = Result(Outcome.TIMEOUT, sent, sent + action.timeout_s)
+        action = policy.observe(result)
+        if policy.held:
+            holder_until = result.received_at
+    if isinstance(action, Send):  # still holding when the run ended
+        assert policy.deadline is not None
+        holder_until = min(until, policy.deadline)
+    rival_polls_until(until)
+    return Run(action, result.received_at, holder_until, rival_claimed_at, refusals, book, work_id)
+
+
+def test_end_to_end_sdk_loses_and_leasekit_adopts_with_never_two_holders() -> None:
+    sdk = _run(SdkPolicy(http_retries=2, rng=random.Random(5)), lose_answer_of=3)
+    assert isinstance(sdk.end, Stop) and sdk.end.reason is EndReason.LOST
+    assert sdk.refusals == 1 and sdk.ended_at < 150.0  # lost while the server still had it ours
+    # the server kept the lease for the lost renewal's full TTL (90 s): the item sat idle
+    assert sdk.rival_claimed_at is not None
+    assert sdk.rival_claimed_at > 60.0 + 90.0
+    assert sdk.holder_until < sdk.rival_claimed_at, "never two holders"
+
+    ours = _run(LeasekitPolicy(rng=random.Random(5)), lose_answer_of=3)
+    policy_end = ours.end
+    assert isinstance(policy_end, Send), f"still holding at the end of the run: {policy_end}"
+    assert ours.refusals == 1
+    record = ours.book.record(ENV, ours.work_id, T0 + 400 * US)
+    assert record.state is WorkState.ACTIVE
+    assert record.last_heartbeat == policy_end.expected_last_heartbeat
+    assert ours.rival_claimed_at is None, "nobody else ever got the item"
+
+
+def test_end_to_end_leasekit_counts_its_adoption() -> None:
+    policy = LeasekitPolicy(ttl_seconds=30, rng=random.Random(9))
+    run = _run(policy, lose_answer_of=4, until=200.0)
+    assert policy.adoptions == 1 and isinstance(run.end, Send) and run.rival_claimed_at is None
+
+
+# ----------------------------------------------------------------- FixedPolicy
+
+
+def test_fixed_sends_every_interval_from_the_previous_send_whatever_the_answers() -> None:
+    play = Play(FixedPolicy(10.0, ttl_seconds=30), now=0.0)
+    play.ok(ttl=30).timeout().transient().result(Outcome.TRANSIENT, after=9.0)
+    assert [send.at for send in play.sends] == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert {send.timeout_s for send in play.sends} == {10.0}
+    assert {send.desired_ttl_seconds for send in play.sends} == {30}
+    assert play.sends[-1].expected_last_heartbeat == "hb1"
+    assert play.policy.deadline == pytest.approx(TRIP_S + 30.0), "from the receive time"
+
+
+def test_fixed_ends_only_on_412_rejection_or_shutdown() -> None:
+    lost = Play(FixedPolicy(5.0)).ok(ttl=30).result(Outcome.PRECONDITION_FAILED, status=412)
+    assert lost.stop.reason is EndReason.LOST
+    rejected = Play(FixedPolicy(5.0)).result(Outcome.REJECTED, status=401)
+    assert rejected.stop.reason is EndReason.REJECTED
+    shutdown = Play(FixedPolicy(5.0)).ok(ttl=30, state=WorkState.STOPPING)
+    assert shutdown.stop.reason is EndReason.SHUTDOWN
+    kept = Play(FixedPolicy(5.0)).ok(ttl=0)
+    assert kept.policy.ttl_seconds == 90.0
+    with pytest.raises(ValueError, match="interval_s"):
+        FixedPolicy(0)
+
+
+# ----------------------------------------------------------------- make_policy
+
+
+def test_make_policy_builds_each_policy_from_its_spec() -> None:
+    sdk = make_policy("sdk")
+    assert isinstance(sdk, SdkPolicy) and sdk.http_retries == 2
+    assert isinstance(make_policy(" sdk:http_retries=0 "), SdkPolicy)
+    ours = make_policy("leasekit:ttl_seconds=30,beat_fraction=0.25", rng=random.Random(1))
+    assert isinstance(ours, LeasekitPolicy)
+    assert ours.desired_ttl_seconds == 30 and isinstance(ours.desired_ttl_seconds, int)
+    assert ours.beat_fraction == 0.25
+    assert ours.parameters()["ttl_seconds"] == 30
+    fixed = make_policy("fixed:interval=10")
+    assert isinstance(fixed, FixedPolicy) and fixed.interval_s == 10.0
+
+
+def test_make_policy_passes_the_rng_so_a_seed_reproduces() -> None:
+    def beats(seed: int) -> list[float]:
+        play = Play(make_policy("leasekit", rng=random.Random(seed)))
+        return [play.ok(ttl=30).send.at for _ in range(3)]
+
+    assert beats(4) == beats(4) != beats(5)
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ("nope", "'nope'"),
+        ("leasekit:ttl_seconds", "'ttl_seconds'"),
+        ("leasekit:ttl_seconds=abc", "'abc'"),
+        ("leasekit:ttl_seconds=30.5", "'ttl_seconds': not an integer: '30.5'"),
+        ("fixed:interval=ten", "'interval': not a number: 'ten'"),
+        ("leasekit:bogus=1", "bogus"),
+        ("sdk:ttl_seconds=30", "ttl_seconds"),
+        ("fixed", "interval"),
+        ("fixed:interval=0", "interval"),
+        ("leasekit:beat_fraction=2", "beat_fraction"),
+    ],
+)
+def test_make_policy_bad_spec_is_a_value_error_naming_the_part(spec: str, names: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        make_policy(spec)
+    assert names in str(caught.value)
