@@ -540,7 +540,8 @@ def make_policy(spec: str, *, rng: random.Random | None = None) -> HeartbeatPoli
         try:
             options[key] = int(value) if key in _INT_OPTIONS else float(value)
         except ValueError:
-            raise ValueError(f"policy {spec!r}: option {key!r}: not a number: {value!r}") from None
+            kind = "an integer" if key in _INT_OPTIONS else "a number"
+            raise ValueError(f"policy {spec!r}: option {key!r}: not {kind}: {value!r}") from None
     if name == "fixed" and "interval" in options:
         options["interval_s"] = options.pop("interval")
     factories: dict[str, Any] = {"sdk": SdkPolicy, "leasekit": LeasekitPolicy, "fixed": FixedPolicy}
