@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import copy
 import secrets
 import socket
 import sys
@@ -147,7 +147,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  environment {environment_id}  key {key}")
     sys.stdout.flush()
 
-    logging.getLogger("leasekit").setLevel(args.log_level.upper())
+    # uvicorn's default config sends the access log to stdout; keep stdout for
+    # the banner and every log line on stderr, ours included.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    log_config["loggers"]["leasekit"] = {
+        "handlers": ["default"],
+        "level": args.log_level.upper(),
+        "propagate": False,
+    }
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -157,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     server = Server(
         uvicorn.Config(
             app,
+            log_config=log_config,
             log_level=args.log_level,
             access_log=args.access_log,
             lifespan="on",
