@@ -269,6 +269,10 @@ class SdkPolicy(HeartbeatPolicy):
         # Transient or timeout. The SDK's HTTP client retries a transient
         # answer inside the same worker attempt while the attempt has time.
         ended_at = result.received_at
+        if self._retries_used == 0:
+            # The SDK's per-attempt timeout counts from when the attempt really
+            # started (its sleep may overrun ``Send.at``), not from the schedule.
+            self._attempt_started = result.sent_at
         budget_end = self._attempt_started + self._attempt_budget_s
         if outcome is Outcome.TRANSIENT and self._retries_used < self.http_retries:
             # The SDK client's delay: min(0.5 * 2**n, 8) s, then the jitter.
