@@ -121,3 +121,19 @@ def test_too_few_answers_is_an_error(tmp_path: Path) -> None:
     path.write_text("sent_s,received_s,status\n0,1,200\n1,2,\n")
     with pytest.raises(ValueError, match="at least 2 answered"):
         fit_network(load_any_trace(path))
+
+
+def test_the_fit_becomes_a_scenario_network(shiftexp_trace: Path) -> None:
+    from leasekit.sim._scenario import Scenario
+
+    fit = fit_network(load_any_trace(shiftexp_trace))
+    network = fit.to_network()
+    assert network.request.delay == network.answer.delay == fit.one_way_spec
+    burst = network.request.burst
+    assert burst is not None
+    assert (burst.p_enter, burst.p_exit) == (fit.ge_p_good_to_bad, fit.ge_p_bad_to_good)
+    # long-run request loss of the chain: stationary bad share times loss_bad
+    stationary = burst.p_enter / (burst.p_enter + burst.p_exit)
+    assert stationary * burst.loss_bad == pytest.approx(fit.request_loss, rel=0.05)
+    assert network.answer.loss == pytest.approx(fit.answer_loss)
+    assert Scenario(network=network).network is network  # a scenario takes it as it is

@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..distributions import Delay
 from ..policy import Outcome
+
+if TYPE_CHECKING:
+    from ..sim._scenario import Network
 
 __all__ = ["NetworkFit", "fit_network"]
 
@@ -105,6 +108,33 @@ class NetworkFit:
         """Mean number of consecutive unanswered attempts in a burst (``1 / r``)."""
         r = self.ge_p_bad_to_good
         return 1 / r if r > 0 else math.inf
+
+    def to_network(self) -> Network:
+        """The fit as the simulator's scenario network (``Scenario(network=...)``).
+
+        Each direction's delay is :attr:`one_way_spec`. Answers are lost
+        independently with :attr:`answer_loss`. Requests are lost by a
+        Gilbert-Elliott chain with the fitted transition probabilities whose
+        bad state loses the request share ``1 - answer_share`` of messages, so
+        their long-run loss is :attr:`request_loss` and bursts keep their
+        mean length; with no loss run to fit, requests are lost independently
+        with :attr:`request_loss`. The simulator steps its chain per message
+        of the direction (polls and acks too), the fit per heartbeat attempt:
+        close while a worker holds its lease, which is when heartbeats flow.
+        """
+        from ..sim._scenario import Burst, Direction, Network
+
+        delay = self.one_way_spec
+        p, r = self.ge_p_good_to_bad, self.ge_p_bad_to_good
+        if math.isfinite(p) and math.isfinite(r) and p > 0 and r > 0:
+            request = Direction(
+                delay=delay,
+                loss=0.0,
+                burst=Burst(p_enter=p, p_exit=r, loss_bad=1 - self.answer_share),
+            )
+        else:
+            request = Direction(delay=delay, loss=self.request_loss)
+        return Network(request=request, answer=Direction(delay=delay, loss=self.answer_loss))
 
     def to_json(self) -> dict[str, Any]:
         """The fit as plain JSON values (delay specs as strings)."""
