@@ -67,7 +67,9 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # The text up to the seconds of the last second formatted: heartbeats come in
 # bursts within one second (the server, the simulator), and building the
 # datetime is most of the cost.
-_last_second: list[tuple[int, str]] = [(-1, "")]
+# Seeded with a real entry: a placeholder second (such as -1) would be a valid
+# second too, and format it as an empty prefix.
+_last_second: list[tuple[int, str]] = [(0, "1970-01-01T00:00:00.")]
 
 
 def format_timestamp(epoch_us: int) -> str:
