@@ -106,6 +106,8 @@ def parse_timestamp(text: str) -> int:
     if "." in raw:
         head, _, rest = raw.partition(".")
         digits = len(rest) - len(rest.lstrip("0123456789"))
+        if not digits:  # RFC 3339: a "." must be followed by at least one digit
+            raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
         rest = rest[: min(digits, 6)] + rest[digits:]
         raw = f"{head}.{rest}" if rest and rest[0].isdigit() else head + rest
     try:
