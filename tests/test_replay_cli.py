@@ -57,6 +57,30 @@ def test_json_prints_one_object_with_a_row_per_ttl(
     assert body["network"]["answered"] == 5 and body["network"]["loss_rate"] == 0.0
 
 
+def test_json_with_policies_adds_a_row_per_policy_and_ttl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _trace(tmp_path / "t.jsonl")
+    argv = ["replay", str(path), "--ttl", "30,90", "--json", "--replications", "2"]
+    assert main([*argv, "--policy", "sdk", "--policy", "fixed:interval=10"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(row["policy"], row["ttl_seconds"]) for row in rows] == [
+        ("trace", 30),
+        ("trace", 90),
+        ("sdk", 30),
+        ("sdk", 90),
+        ("fixed:interval=10", 30),
+        ("fixed:interval=10", 90),
+    ]
+    simulated = rows[2]
+    assert simulated["replications"] == 2
+    for name in ("false_losses_per_lease_hour", "server_expiries_per_lease_hour"):
+        assert isinstance(simulated[name], float)
+        assert len(simulated[f"{name}_ci95"]) == 2
+    # a clean network: the official worker keeps its lease
+    assert rows[3]["false_losses_per_lease_hour"] == 0
+
+
 def test_text_output_and_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["replay", str(DATA / "sdk_heartbeats.otlp.jsonl"), "--out", str(out)]) == 0

@@ -339,6 +339,13 @@ def test_csv_with_only_monotonic_seconds_has_no_wall_clock(tmp_path: Path) -> No
     assert frame["lease_extended"].tolist() == [True, True]
 
 
+def test_csv_from_a_spreadsheet_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("\ufeffsent_s,received_s,status\r\n0,0.5,200\r\n".encode())
+    assert detect_format(path) == "csv"
+    assert load_any_trace(path)["status"].tolist() == [200]
+
+
 # --------------------------------------------------------------------- malformed files
 
 

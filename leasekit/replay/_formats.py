@@ -78,7 +78,7 @@ def detect_format(path: str | Path) -> str:
     """The format of a trace file by its first non-blank line (see :func:`load_any_trace`)."""
     name = str(path)
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8-sig") as file:  # -sig: a spreadsheet's BOM
             number, first = 0, ""
             for number, text in enumerate(file, start=1):  # noqa: B007 - number is used below
                 if text.strip():
@@ -165,7 +165,7 @@ def _read_csv(path: str) -> pd.DataFrame:
     Unknown columns are errors, like unknown fields in JSON Lines.
     """
     try:
-        file = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+        file = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
     except OSError as error:
         raise TraceError(path, 0, None, f"cannot read: {error.strerror}") from None
     with file:
@@ -334,7 +334,9 @@ def _span_row(path: str, span: _Span, origin_ns: int) -> dict[str, Any]:
     the span has one; without one, ``timeout`` when ``error.type`` is the
     SDK's ``client_timeout_error`` or when the status is unset (the SDK leaves
     it unset when the call is cancelled, which is how its worker times out an
-    attempt), else ``transient`` (``connection_error`` and the like).
+    attempt), else ``transient`` (``connection_error`` and the like). A call
+    that the SDK's HTTP client retried (``http.request.resend_count``) is one
+    attempt: its span covers every try, and its status is the last one's.
     """
     if span.end_ns < span.start_ns:
         raise TraceError(path, span.line, f"{span.where}end", "the span ends before it starts")
