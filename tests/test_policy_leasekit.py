@@ -353,8 +353,9 @@ def _run(policy: HeartbeatPolicy, *, lose_answer_of: int, until: float = 400.0) 
             )
         if action.attempt == lose_answer_of:
             result = Result(Outcome.TIMEOUT, sent, sent + action.timeout_s)
+        believed = policy.held  # it believed in the lease until this result came in
         action = policy.observe(result)
-        if policy.held:
+        if believed or policy.held:
             holder_until = result.received_at
     if isinstance(action, Send):  # still holding when the run ended
         assert policy.deadline is not None
@@ -370,6 +371,7 @@ def test_end_to_end_sdk_loses_and_leasekit_adopts_with_never_two_holders() -> No
     # the server kept the lease for the lost renewal's full TTL (90 s): the item sat idle
     assert sdk.rival_claimed_at is not None
     assert sdk.rival_claimed_at > 60.0 + 90.0
+    assert sdk.holder_until == pytest.approx(sdk.ended_at)
     assert sdk.holder_until < sdk.rival_claimed_at, "never two holders"
 
     ours = _run(LeasekitPolicy(rng=random.Random(5)), lose_answer_of=3)
