@@ -106,6 +106,7 @@ class Lease:
         self.ended = False
         self.claimed = False
         self.state: WorkState | None = None
+        self._finished_attempts = 0
         self._subscribers: list[MemoryObjectSendStream[LeaseEvent]] = []
         self._settled: anyio.Event | None = None
 
@@ -125,7 +126,8 @@ class Lease:
 
     @property
     def attempts(self) -> int:
-        return self.policy.attempts
+        """Heartbeat attempts sent and finished (answered, failed or timed out)."""
+        return self._finished_attempts
 
     @property
     def held(self) -> bool:
@@ -258,6 +260,7 @@ class Lease:
                 result = await self._attempt(
                     action, sent_at, min(action.timeout_s, limit - sent_at)
                 )
+                self._finished_attempts += 1
                 if result.outcome is Outcome.OK:
                     assert result.answer is not None
                     self.state = result.answer.state
