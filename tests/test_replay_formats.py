@@ -339,6 +339,15 @@ def test_csv_with_only_monotonic_seconds_has_no_wall_clock(tmp_path: Path) -> No
     assert frame["lease_extended"].tolist() == [True, True]
 
 
+def test_an_attempt_table_saved_as_csv_reads_back(tmp_path: Path, otlp_file: Path) -> None:
+    original = load_any_trace(otlp_file)
+    path = tmp_path / "attempts.csv"  # what `leasekit replay --out` writes
+    original.to_csv(path, index=False)
+    again = load_any_trace(path)
+    assert list(again["line"]) == list(range(2, 2 + len(original)))
+    pd.testing.assert_frame_equal(again.drop(columns="line"), original.drop(columns="line"))
+
+
 def test_csv_from_a_spreadsheet_with_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes("\ufeffsent_s,received_s,status\r\n0,0.5,200\r\n".encode())

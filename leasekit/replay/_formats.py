@@ -144,6 +144,7 @@ def _number_attempts(rows: list[dict[str, Any]]) -> None:
 
 # --------------------------------------------------------------------------- CSV
 
+_LINE: Final = "line"
 _CSV_DEFAULTS: Final[dict[str, str]] = {
     "environment_id": "env",
     "work_id": "work",
@@ -162,7 +163,8 @@ def _read_csv(path: str) -> pd.DataFrame:
     and with no status either it is ``timeout`` (no answer came). With only
     wall-clock times, ``*_s`` are seconds since the earliest ``sent_at``; with
     only ``*_s``, ``sent_at``/``received_at`` are NaT. An empty cell is null.
-    Unknown columns are errors, like unknown fields in JSON Lines.
+    Unknown columns are errors, like unknown fields in JSON Lines; a ``line``
+    column (an attempt table saved with ``to_csv``) is ignored.
     """
     try:
         file = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
@@ -176,7 +178,7 @@ def _read_csv(path: str) -> pd.DataFrame:
             raise TraceError(path, 1, None, "empty file: expected a header row") from None
         columns = [c.strip() for c in header]
         for column in columns:
-            if column not in _ATTEMPT_FIELDS:
+            if column not in _ATTEMPT_FIELDS and column != _LINE:
                 raise TraceError(path, 1, column, "unknown column")
         for either in (("sent_s", "sent_at"), ("received_s", "received_at"), ("outcome", "status")):
             if not set(either) & set(columns):
@@ -238,7 +240,8 @@ def _csv_row(path: str, number: int, raw: Mapping[str, str]) -> dict[str, Any]:
     row: dict[str, Any] = {name: None for name in _ATTEMPT_FIELDS}
     row.update(_CSV_DEFAULTS)
     for name, text in raw.items():
-        row[name] = _csv_value(path, number, name, text)
+        if name != _LINE:  # where a row came from before; this file's line replaces it
+            row[name] = _csv_value(path, number, name, text)
     if row["sent_s"] is None and row["sent_at"] is None:
         raise TraceError(path, number, "sent_s", "empty: need sent_s or sent_at")
     if row["outcome"] is None:
