@@ -150,6 +150,10 @@ TRANSITIONS: Final[Mapping[tuple[WorkState, Event], tuple[WorkState, Effect]]] =
 }  # fmt: skip
 """The whole lifecycle. Pairs absent here are refused (412 or 409)."""
 
+# TRANSITIONS keyed by the members' plain string values: hashing an enum
+# member runs Enum.__hash__ in Python, and this lookup is on every heartbeat.
+_STEPS: Final = {(state.value, event.value): step for (state, event), step in TRANSITIONS.items()}
+
 _HEARTBEAT_EVENTS: Final = frozenset({Event.CLAIM, Event.RENEW, Event.STALE, Event.UNCONDITIONAL})
 
 
@@ -293,7 +297,7 @@ class LeaseRules:
 
     def _move(self, record: WorkRecord, event: Event, now_us: int) -> Effect | None:
         """Look ``(state, event)`` up in the table and apply it; ``None`` if refused."""
-        step = TRANSITIONS.get((record.state, event))
+        step = _STEPS.get((record.state._value_, event._value_))
         if step is None:
             return None
         target, effect = step
