@@ -14,7 +14,11 @@ survives a kill -9 of the server (and a power cut), so a 200 means committed.
 Expiry is lazy: every touch settles the record, and poll, list and stats
 first settle every record whose ``deadline_us`` (indexed) has passed.
 
-All database work runs on one dedicated thread per store, off the event loop.
+All database work runs on one writer thread per store, off the event loop,
+with group commit: the jobs that queued up while a transaction ran share
+the next one (each in its own savepoint, so one job's error undoes only that
+job), and none is answered before that COMMIT returned. Under load, one
+fsync serves many heartbeats.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import operator
+import queue
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -47,8 +54,11 @@ T = TypeVar("T")
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(WorkRecord))
 _KEY_FIELDS: Final = ("environment_id", "work_id")
-_MUTABLE: Final = tuple(name for name in _FIELDS if name not in _KEY_FIELDS)
+_MUTABLE: Final = _FIELDS[2:]
+assert _FIELDS[:2] == _KEY_FIELDS, "WorkRecord must start with its key fields"
 _CONFLICT_RETRIES: Final = 100
+MAX_BATCH: Final = 64
+"""At most this many jobs share one transaction (one fsync)."""
 BUSY_TIMEOUT_MS: Final = 30_000
 
 _SCHEMA: Final = f"""
@@ -79,19 +89,38 @@ _UPDATE: Final = (
 )
 
 
+_Job = tuple[Callable[[sqlite3.Connection], Any], Callable[[Any, "BaseException | None"], None]]
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return  # the request went away; its change (if any) is committed all the same
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class _Conflict(Exception):
     """The conditional UPDATE matched no row: re-read and re-apply."""
 
 
+_read_fields = operator.attrgetter(*_FIELDS)
+_STATE_AT: Final = _FIELDS.index("state")
+_METADATA_AT: Final = _FIELDS.index("metadata")
+_EMPTY_METADATA: Final = "{}"
+
+
 def _to_row(record: WorkRecord) -> tuple[Any, ...]:
-    values = []
-    for name in _FIELDS:
-        value = getattr(record, name)
-        if name == "metadata":
-            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        elif name == "state":
-            value = value.value
-        values.append(value)
+    """The record as the column values of ``_FIELDS`` (the hot path: no per-field loop)."""
+    values = list(_read_fields(record))
+    values[_STATE_AT] = record.state.value
+    metadata = record.metadata
+    values[_METADATA_AT] = (
+        json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+        if metadata
+        else _EMPTY_METADATA
+    )
     return tuple(values)
 
 
@@ -121,23 +150,25 @@ class SqliteStore:
     def __init__(self, path: Path, config: LeaseConfig) -> None:
         self.path = path
         self.rules = LeaseRules(config)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="leasekit-sqlite")
-        self._conn: sqlite3.Connection | None = None
-        self._run(self._open)
+        self._conn = self._open()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._serve_jobs, name="leasekit-sqlite", daemon=True
+        )
+        self._writer.start()
+        self._closed = False
 
     # ------------------------------------------------------------------ plumbing
 
-    def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run on the store's thread and wait (start-up and seeding only)."""
-        return self._executor.submit(fn, *args).result()
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    def _open(self) -> None:
+    def _open(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            # Used by the writer thread only, after this constructor hands it over.
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -148,57 +179,109 @@ class SqliteStore:
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             raise ValueError(f"{self.path}: cannot open as a leasekit database: {error}") from None
-        self._conn = conn
+        return conn
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in a write transaction; re-run it when a conditional
-        write lost (another writer changed the record in between).
+    def _serve_jobs(self) -> None:
+        """The writer thread: group commit. Every job waiting when a
+        transaction starts joins it (each in its own savepoint), and no job
+        is answered before the COMMIT that made it durable returned."""
+        stopping = False
+        while not stopping:
+            job = self._jobs.get()
+            if job is None:
+                break
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+        self._conn.close()
 
-        An :class:`ApiError` still commits: the rules raise only before
-        changing anything, and the expiry they settled first must persist.
-        """
+    def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._conn
-        assert conn is not None
-        for _ in range(_CONFLICT_RETRIES):
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
             conn.execute("BEGIN IMMEDIATE")
+            for fn, _ in batch:
+                outcomes.append(self._apply(conn, fn))
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            # Nothing of this batch is committed: every job fails, none answers 200.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
+            outcomes = [(None, failure)] * len(batch)
+        for (_, done), (result, error_or_none) in zip(batch, outcomes, strict=True):
+            done(result, error_or_none)
+
+    def _apply(
+        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+    ) -> tuple[Any, BaseException | None]:
+        """Run one job in a savepoint; re-run it when a conditional write lost
+        (someone changed the record between our read and our write).
+
+        An :class:`ApiError` keeps the job's writes: the rules raise only
+        before changing anything, and the expiry they settled first must
+        persist. Any other error undoes the job alone.
+        """
+        for _ in range(_CONFLICT_RETRIES):
+            conn.execute("SAVEPOINT job")
             try:
                 result = fn(conn)
             except _Conflict:
-                conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
                 continue
-            except ApiError:
-                conn.execute("COMMIT")
-                raise
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-        raise ApiError(ErrorType.OVERLOADED, "storage: too many concurrent changes, retry")
+            except ApiError as error:
+                conn.execute("RELEASE job")
+                return None, error
+            except sqlite3.Error:
+                raise  # the transaction itself is in doubt: fail the batch
+            except Exception as error:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                return None, error
+            conn.execute("RELEASE job")
+            return result, None
+        return None, ApiError(ErrorType.OVERLOADED, "storage: too many concurrent changes, retry")
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a job and wait for it (start-up and seeding, off the event loop)."""
+        future: Future[T] = Future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        self._jobs.put((fn, done))
+        return future.result()
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return await self._call(self._transaction, fn)
-        except sqlite3.OperationalError as error:
-            # "database is locked" after the busy timeout: the client may retry.
-            raise ApiError(ErrorType.OVERLOADED, f"storage busy: {error}") from None
+        """Run a job on the writer thread; resolves after its COMMIT."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_resolve, future, result, error)
+
+        self._jobs.put((fn, done))
+        return await future
 
     def _save(self, conn: sqlite3.Connection, loaded: _Loaded) -> None:
         """Write the record back if the rules changed it: one conditional UPDATE."""
         row = _to_row(loaded.record)
         if row == loaded.row:
             return
-        values = dict(zip(_FIELDS, row, strict=True))
-        cursor = conn.execute(
-            _UPDATE,
-            (
-                *(values[name] for name in _MUTABLE),
-                values["environment_id"],
-                values["work_id"],
-                loaded.last_heartbeat,
-                loaded.version,
-            ),
-        )
+        # _FIELDS starts with the key columns, then the mutable ones in order
+        cursor = conn.execute(_UPDATE, (*row[2:], *row[:2], loaded.last_heartbeat, loaded.version))
         if cursor.rowcount != 1:
             raise _Conflict
 
@@ -216,10 +299,13 @@ class SqliteStore:
         """Load a record and persist any expiry that is due; the result is
         ready for the next change (its compare values are the stored ones)."""
         loaded = self._load(conn, environment_id, work_id)
-        self.rules.settle(loaded.record, now_us)
-        if _to_row(loaded.record) != loaded.row:
+        record = loaded.record
+        deadline_us = record.deadline_us
+        self.rules.settle(record, now_us)
+        # settling moves the state (a version bump) or, at most, drops a deadline
+        if record.version != loaded.version or record.deadline_us != deadline_us:
             self._save(conn, loaded)
-            loaded = _Loaded(_to_row(loaded.record))
+            loaded = _Loaded(_to_row(record))
         return loaded
 
     def _settle_due(self, conn: sqlite3.Connection, environment_id: str, now_us: int) -> None:
@@ -238,7 +324,7 @@ class SqliteStore:
 
     def seed(self, environment_id: str, count: int, now_us: int) -> None:
         for _ in range(count):
-            self._run(self._transaction, lambda c: self._enqueue(c, environment_id, now_us))
+            self._run(lambda c: self._enqueue(c, environment_id, now_us))
 
     def _enqueue(
         self,
@@ -326,11 +412,7 @@ class SqliteStore:
                 candidates.append(handed + reclaim_older_than_ms * 1_000)
             return min(candidates) if candidates else None
 
-        def read(_: None = None) -> int | None:
-            assert self._conn is not None
-            return due(self._conn)
-
-        return await self._call(read)
+        return await self._write(due)
 
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json:
         def ack(conn: sqlite3.Connection) -> Json:
@@ -428,13 +510,9 @@ class SqliteStore:
         return await self._write(stats)
 
     def close(self) -> None:
-        def close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        try:
-            self._run(close)
-        except RuntimeError:  # already shut down
+        """Finish the queued jobs, then close the database (idempotent)."""
+        if self._closed:
             return
-        self._executor.shutdown(wait=True)
+        self._closed = True
+        self._jobs.put(None)
+        self._writer.join()
