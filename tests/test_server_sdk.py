@@ -277,6 +277,7 @@ BAD_BODIES = [
     ("", b'{"data": {"id": 7}}', "data.id"),
     ("", b'{"data": "x"}', "data"),
     ("", b'{"metadata": {"k": 1}}', "metadata.k"),
+    ("", b'{"metadata": {"k": null}}', "metadata.k"),
 ]
 
 

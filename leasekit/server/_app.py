@@ -419,8 +419,12 @@ class LeaseServerApp:
             ):
                 raise _bad(f"data.id: expected a string of 1 to {MAX_SESSION_ID_CHARS} characters")
         metadata = fields.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise _bad("metadata: expected an object of string values")
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise _bad("metadata: expected an object of string values")
+            for key, value in metadata.items():
+                if value is None:  # null deletes a key in an update; a new item has none
+                    raise _bad(f"metadata.{key:.80}: expected a string")
         item = await self.store.enqueue(environment_id, _now_us(), session_id, metadata)
         self._notify_arrival(environment_id)
         return item
