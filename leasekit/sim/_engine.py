@@ -241,6 +241,7 @@ class Engine:
         self._poll_wait = parse_delay(workers_config.empty_poll_wait)
         self._request_timeout_s = workers_config.request_timeout_s
         self._slack_s = workers_config.timer_slack_s
+        self._enforce_deadline = workers_config.enforces_deadline
         restart = workers_config.crashes.restart_after
         self._restart_after = parse_delay(restart) if restart is not None else None
         pauses = windows_by_worker(workers_config.pauses.schedule, workers_config.count)
@@ -337,10 +338,27 @@ class Engine:
 
     def _send_heartbeat(self, worker: _Worker, send: Send, now: float) -> None:
         slack = self._slack_s
-        at = (send.at if send.at > now else now) + slack
+        at = send.at if send.at > now else now
+        limit = math.inf
+        if self._enforce_deadline:
+            # leasekit's keeper: never believe past the policy's local deadline;
+            # wake there at the latest, and end the lease if it has passed.
+            policy = worker.policy
+            if policy is not None and policy.held and policy.deadline is not None:
+                limit = policy.deadline
+                if at > limit:
+                    at = limit
+        at += slack
         if worker.pause_starts:
             at = self._resume(worker, at)
-        attempt = Attempt(worker, _HEARTBEAT, at, send.timeout_s + slack)
+        if at >= limit:
+            if at < worker.next_crash_s and at < self._end_s:
+                self._end_lease(worker, at, "assumed_lost")
+            return
+        timeout_s = send.timeout_s
+        if limit - at < timeout_s:
+            timeout_s = limit - at
+        attempt = Attempt(worker, _HEARTBEAT, at, timeout_s + slack)
         attempt.expected = send.expected_last_heartbeat
         attempt.desired = send.desired_ttl_seconds
         attempt.number = send.attempt
@@ -525,12 +543,19 @@ class Engine:
             self._send_heartbeat(worker, action, now)  # type: ignore[arg-type,unused-ignore]
             return
         assert isinstance(action, Stop)
-        lease = worker.lease
-        if lease is None and (policy.held or was_held or action.reason is EndReason.SHUTDOWN):
+        if worker.lease is None and (
+            policy.held or was_held or action.reason is EndReason.SHUTDOWN
+        ):
             # Held for an instant (a shutdown on the first success).
-            lease = self.monitor.lease_started(worker.index, worker.work_id, worker.tenure, now)
-        if lease is not None:
-            self.monitor.lease_ended(lease, now, action.reason.value)
+            worker.lease = self.monitor.lease_started(
+                worker.index, worker.work_id, worker.tenure, now
+            )
+        self._end_lease(worker, now, action.reason.value)
+
+    def _end_lease(self, worker: _Worker, now: float, reason: str) -> None:
+        """The worker stops heartbeating at ``now`` and looks for work again."""
+        if worker.lease is not None:
+            self.monitor.lease_ended(worker.lease, now, reason)
             worker.lease = None
         worker.policy = None
         self._poll(worker, now)

@@ -145,6 +145,13 @@ class Workers:
     ``timer_slack_s`` late, as a real event loop's do: it breaks exact ties
     (an attempt timing out exactly one TTL after the last success) the way a
     real worker does.
+
+    ``enforce_deadline`` adds leasekit's keeper rule to the driver: a worker
+    never believes in a lease past its policy's local ``deadline`` (it wakes
+    there at the latest, cuts an attempt there, and ends the lease as
+    ``assumed_lost`` once it has passed). ``None`` picks the driver that ships
+    with the policy: leasekit's keeper for ``leasekit``, the official worker
+    loop (no such rule) for ``sdk`` and ``fixed``.
     """
 
     count: int = 10
@@ -154,6 +161,7 @@ class Workers:
     empty_poll_wait: str = "uniform:1,3"
     request_timeout_s: float = 10.0
     timer_slack_s: float = 1e-6
+    enforce_deadline: bool | None = None
     crashes: Crashes = field(default_factory=Crashes)
     pauses: Pauses = field(default_factory=Pauses)
 
@@ -168,6 +176,13 @@ class Workers:
             make_policy(self.policy)
         except ValueError as error:
             raise ScenarioError(None, "policy", str(error)) from None
+
+    @property
+    def enforces_deadline(self) -> bool:
+        """Whether workers keep leasekit's local-deadline rule (see above)."""
+        if self.enforce_deadline is not None:
+            return self.enforce_deadline
+        return self.policy.strip().partition(":")[0] == "leasekit"
 
     @property
     def items(self) -> int:
@@ -369,6 +384,10 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
         return tuple(_convert(item_kind, v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return _build(kind, value, where + ".")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ScenarioError(None, where, f"expected true or false, got {value!r}")
+        return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ScenarioError(None, where, f"expected a number, got {value!r}")
