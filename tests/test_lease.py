@@ -415,6 +415,22 @@ def test_reclaimed_item_keeps_its_place_in_creation_order(book: LeaseBook) -> No
     assert book.poll(ENV, T0 + 6 * US, worker_id="w2") is second
 
 
+def test_polls_with_different_reclaim_windows_never_strand_an_item(book: LeaseBook) -> None:
+    """A poll with a long window must not drop an item that a poll with a short
+    window had already found reclaimable (found by the state machine)."""
+    first = book.enqueue(ENV, T0)
+    second = book.enqueue(ENV, T0 + 1)
+    assert book.poll(ENV, T0, worker_id="w1") is first
+    assert book.poll(ENV, T0, worker_id="w2") is second
+    # both reclaimable with the default 5 s: the oldest goes first
+    assert book.poll(ENV, T0 + 6 * US, worker_id="w3") is first
+    # a poll that will not reclaim anything younger than 60 s finds nothing...
+    assert book.poll(ENV, T0 + 7 * US, worker_id="w4", reclaim_older_than_ms=60_000) is None
+    # ...and must leave second available to the next poll with the default window
+    assert book.poll(ENV, T0 + 8 * US, worker_id="w5") is second
+    assert book.poll(ENV, T0 + 8 * US, worker_id="w5") is None
+
+
 def test_acknowledged_item_is_never_reclaimed(book: LeaseBook) -> None:
     record = book.enqueue(ENV, T0)
     book.poll(ENV, T0, worker_id="w1")

@@ -127,12 +127,35 @@ class LeaseBookMachine(RuleBasedStateMachine):
     @rule(worker=workers, reclaim_ms=st.sampled_from([0, 200, 5_000, 60_000]))
     def poll(self, worker: str, reclaim_ms: int) -> None:
         STEPS["steps"] += 1
-        record = self.book.poll(
-            ENV, self.now_us, worker_id=worker, reclaim_older_than_ms=reclaim_ms
-        )
-        if record is not None:
-            assert record.state is WorkState.QUEUED
-            assert (record.handed_out_to, record.handed_out_at_us) == (worker, self.now_us)
+        self._poll(worker, reclaim_ms)
+
+    @rule(reclaims=st.lists(st.sampled_from([0, 200, 5_000, 60_000]), min_size=2, max_size=4))
+    def poll_round(self, reclaims: list[int]) -> None:
+        """Workers poll one after another, each with its own reclaim window."""
+        STEPS["steps"] += 1
+        for worker, reclaim_ms in zip(WORKERS * 2, reclaims, strict=False):
+            self._poll(worker, reclaim_ms)
+
+    def _poll(self, worker: str, reclaim_ms: int) -> None:
+        now = self.now_us
+        # available to this poll: queued, and never handed out or handed out at
+        # least reclaim_ms ago (records settled first, as the poll does)
+        available = []
+        for work_id in self.items:
+            record = self.book.record(ENV, work_id, now)
+            handed = record.handed_out_at_us
+            if record.state is WorkState.QUEUED and (
+                handed is None or now - handed >= reclaim_ms * 1_000
+            ):
+                available.append(record)
+        got = self.book.poll(ENV, now, worker_id=worker, reclaim_older_than_ms=reclaim_ms)
+        if not available:
+            assert got is None
+            return
+        oldest = min(available, key=lambda r: r.seq)
+        assert got is oldest, "a poll hands out the oldest available item, if any"
+        assert got.state is WorkState.QUEUED
+        assert (got.handed_out_to, got.handed_out_at_us) == (worker, now)
 
     @rule(index=st.integers(0, 2))
     def ack(self, index: int) -> None:
