@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,6 +85,21 @@ def test_two_processes_on_one_sqlite_file_have_one_winner(tmp_path: Path) -> Non
                 for u in (first.url, second.url)
             ]
         assert listed[0] == listed[1] and len(listed[0]["data"]) == 10
+        # A long poll on one process wakes for an item the other one created.
+        created: list[str] = []
+
+        def create_later() -> None:
+            time.sleep(0.3)
+            answer = httpx.post(f"{first.url}/v1/environments/{ENV}/work", headers=AUTH)
+            created.append(answer.json()["id"])
+
+        thread = threading.Thread(target=create_later)
+        thread.start()
+        polled = httpx.get(
+            f"{second.url}/v1/environments/{ENV}/work/poll", params={"block_ms": 999}, headers=AUTH
+        )
+        thread.join()
+        assert polled.json() is not None and polled.json()["id"] == created[0]
 
 
 def test_kill_9_loses_no_answered_heartbeat(tmp_path: Path) -> None:

@@ -447,19 +447,32 @@ class LeaseServerApp:
         store = self.store
         loop = asyncio.get_running_loop()
         end = loop.time() + (block_ms or 0) / 1000
+        recheck_s = store.recheck_s
+        token = 0
         while True:
             # Take the event before looking, so an enqueue in between still wakes us.
             arrival = self._arrival(environment_id)
+            if recheck_s is not None:
+                token = await store.change_token()
             item = await store.poll(environment_id, _now_us(), worker_id, reclaim_ms)
-            remaining = end - loop.time()
-            if item is not None or remaining <= 0:
+            if item is not None or loop.time() >= end:
                 return item
-            wait = remaining
-            due_us = await store.next_due_us(environment_id, reclaim_ms)
-            if due_us is not None:
-                # an expiry or a reclaim may make an item available then
-                wait = min(wait, max(0.0, (due_us - _now_us()) / 1e6))
-            if store.recheck_s is not None:
-                wait = min(wait, store.recheck_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrival.wait(), wait)
+            # Wait until something could have made an item available: an
+            # enqueue here (the event), a deadline or reclaim coming due, or
+            # a commit by another process (seen at the next recheck).
+            while True:
+                remaining = end - loop.time()
+                if remaining <= 0:
+                    return None
+                wait = remaining
+                due_us = await store.next_due_us(environment_id, reclaim_ms)
+                if due_us is not None:
+                    wait = min(wait, max(0.0, (due_us - _now_us()) / 1e6))
+                if recheck_s is not None:
+                    wait = min(wait, recheck_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrival.wait(), wait)
+                if arrival.is_set() or (due_us is not None and _now_us() >= due_us):
+                    break
+                if recheck_s is not None and await store.change_token() != token:
+                    break

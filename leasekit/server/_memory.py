@@ -47,6 +47,9 @@ class MemoryStore:
     async def next_due_us(self, environment_id: str, reclaim_older_than_ms: int) -> int | None:
         return self.book.next_due_us(environment_id, reclaim_older_than_ms)
 
+    async def change_token(self) -> int:
+        return 0  # nobody else changes this book
+
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json:
         return self.book.ack(environment_id, work_id, now_us).to_item().to_json()
 

@@ -89,7 +89,10 @@ _UPDATE: Final = (
 )
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], Callable[[Any, "BaseException | None"], None]]
+_Job = tuple[
+    Callable[[sqlite3.Connection], Any], Callable[[Any, "BaseException | None"], None], bool
+]
+"""(work, callback with the result or the error, whether it writes)"""
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -99,6 +102,11 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA data_version").fetchone()
+    return int(version)
 
 
 class _Conflict(Exception):
@@ -206,18 +214,26 @@ class SqliteStore:
     def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._conn
         outcomes: list[tuple[Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, _ in batch:
-                outcomes.append(self._apply(conn, fn))
-            conn.execute("COMMIT")
-        except sqlite3.Error as error:
-            # Nothing of this batch is committed: every job fails, none answers 200.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
-            outcomes = [(None, failure)] * len(batch)
-        for (_, done), (result, error_or_none) in zip(batch, outcomes, strict=True):
+        if not any(writes for _, _, writes in batch):
+            # Reads only: no write lock, no fsync.
+            for fn, _, _ in batch:
+                try:
+                    outcomes.append((fn(conn), None))
+                except Exception as error:
+                    outcomes.append((None, error))
+        else:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, _, _ in batch:
+                    outcomes.append(self._apply(conn, fn))
+                conn.execute("COMMIT")
+            except sqlite3.Error as error:
+                # Nothing of this batch is committed: every job fails, none answers 200.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
+                outcomes = [(None, failure)] * len(batch)
+        for (_, done, _), (result, error_or_none) in zip(batch, outcomes, strict=True):
             done(result, error_or_none)
 
     def _apply(
@@ -261,19 +277,25 @@ class SqliteStore:
             else:
                 future.set_exception(error)
 
-        self._jobs.put((fn, done))
+        self._jobs.put((fn, done, True))
         return future.result()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], writes: bool = True) -> T:
         """Run a job on the writer thread; resolves after its COMMIT."""
+        if self._closed:
+            raise ApiError(ErrorType.OVERLOADED, "the server is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
         def done(result: Any, error: BaseException | None) -> None:
             loop.call_soon_threadsafe(_resolve, future, result, error)
 
-        self._jobs.put((fn, done))
+        self._jobs.put((fn, done, writes))
         return await future
+
+    async def change_token(self) -> int:
+        """Changes when another connection (another process) commits."""
+        return await self._write(_data_version, writes=False)
 
     def _save(self, conn: sqlite3.Connection, loaded: _Loaded) -> None:
         """Write the record back if the rules changed it: one conditional UPDATE."""
@@ -412,7 +434,7 @@ class SqliteStore:
                 candidates.append(handed + reclaim_older_than_ms * 1_000)
             return min(candidates) if candidates else None
 
-        return await self._write(due)
+        return await self._write(due, writes=False)
 
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json:
         def ack(conn: sqlite3.Connection) -> Json:

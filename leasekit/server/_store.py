@@ -39,6 +39,11 @@ class Store(Protocol):
 
     async def next_due_us(self, environment_id: str, reclaim_older_than_ms: int) -> int | None: ...
 
+    async def change_token(self) -> int:
+        """A value that changes when someone outside this store (another
+        process) changed the data; lets a waiting long poll skip a look."""
+        ...
+
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json: ...
 
     async def heartbeat(
