@@ -12,10 +12,11 @@ import socket
 import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
+from ._wire import HeartbeatWire
 from .policy import Outcome, classify_status
 from .protocol import (
     ANTHROPIC_BETA,
@@ -62,9 +63,13 @@ class StatusError(Exception):
 
 
 def _status_error(response: httpx.Response) -> StatusError:
+    return _error_from(response.status_code, response.content, response.reason_phrase)
+
+
+def _error_from(status: int, content: bytes, reason: str = "") -> StatusError:
     error_type = message = request_id = None
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         body = None
     if isinstance(body, Mapping):
@@ -74,8 +79,8 @@ def _status_error(response: httpx.Response) -> StatusError:
             message = error.get("message") if isinstance(error.get("message"), str) else None
         request_id = body.get("request_id") if isinstance(body.get("request_id"), str) else None
     if message is None:
-        message = response.text[:200] or response.reason_phrase
-    return StatusError(response.status_code, message, error_type=error_type, request_id=request_id)
+        message = content[:200].decode("utf-8", "replace") or reason or "error"
+    return StatusError(status, message, error_type=error_type, request_id=request_id)
 
 
 def _path(*parts: str) -> str:
@@ -98,10 +103,16 @@ class LeaseClient:
     bounds each heartbeat itself) and up to ``max_connections`` pooled
     connections. Use it as ``async with LeaseClient(...) as client:``.
 
+    Heartbeats: unless ``http`` or ``transport`` is injected, they skip
+    httpx for a lean keep-alive HTTP/1.1 path of their own
+    (:mod:`leasekit._wire`), several times cheaper in CPU per call; with an
+    injection they go through it like every other call.
+
     Errors: a heartbeat's 412 raises :class:`leasekit.protocol.PreconditionFailed`
     carrying ``current_state``; any other error status raises
-    :class:`StatusError`; connection problems raise :class:`httpx.TransportError`;
-    a 2xx body that does not parse raises :class:`ValueError`.
+    :class:`StatusError`; connection problems raise :class:`httpx.TransportError`
+    (or, on the lean heartbeat path, :class:`OSError`); a 2xx body that does
+    not parse raises :class:`ValueError`.
     """
 
     def __init__(
@@ -129,6 +140,12 @@ class LeaseClient:
             headers["x-api-key"] = key
         self._headers = headers
         self._owns_http = http is None
+        # heartbeats take the lean path unless the caller injected their own HTTP stack
+        self._wire = (
+            HeartbeatWire(self.base_url, headers, max_connections)
+            if http is None and transport is None
+            else None
+        )
         self._http = http or httpx.AsyncClient(
             transport=transport,
             timeout=timeout_s,
@@ -144,6 +161,8 @@ class LeaseClient:
 
     async def aclose(self) -> None:
         """Close the pooled connections (unless the httpx client was injected)."""
+        if self._wire is not None:
+            await self._wire.aclose()
         if self._owns_http:
             await self._http.aclose()
 
@@ -200,24 +219,25 @@ class LeaseClient:
         params = {"expected_last_heartbeat": expected_last_heartbeat}
         if desired_ttl_seconds is not None:
             params["desired_ttl_seconds"] = str(desired_ttl_seconds)
-        response = await self._http.request(
-            "POST",
-            self._url(environment_id, work_id, "heartbeat"),
-            params=params,
-            headers=self._headers,
-        )
-        status = response.status_code
+        path = f"/v1/environments/{_path(environment_id)}/work/{_path(work_id)}/heartbeat"
+        if self._wire is not None:
+            status, content = await self._wire.post(f"{path}?{urlencode(params)}")
+        else:
+            response = await self._http.request(
+                "POST", self.base_url + path, params=params, headers=self._headers
+            )
+            status, content = response.status_code, response.content
         if 200 <= status < 300:
-            body = response.json()
+            body = json.loads(content)
             if not isinstance(body, Mapping):
                 raise ValueError(f"heartbeat answer: expected an object, got {body!r}")
             return HeartbeatAnswer.from_json(body)
         if status == 412:
             try:
-                raise PreconditionFailed.from_envelope(response.json())
+                raise PreconditionFailed.from_envelope(json.loads(content))
             except ValueError:
                 pass  # a 412 without a readable current_state: report it as a status
-        raise _status_error(response)
+        raise _error_from(status, content)
 
     async def poll(
         self,
