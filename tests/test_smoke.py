@@ -13,7 +13,7 @@ def test_state_diagram_in_docs_is_generated_from_the_table() -> None:
     assert state_diagram() in text
 
 
-def test_demo_runs_and_shows_a_412(capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(["demo", "--ttl", "30"]) == 0
+def test_demo_walkthrough_runs_and_shows_a_412(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["demo", "--walkthrough", "--ttl", "30"]) == 0
     out = capsys.readouterr().out
     assert "-> 412" in out and "claims the lease" in out
