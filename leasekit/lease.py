@@ -26,6 +26,7 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import heapq
 import itertools
@@ -629,7 +630,15 @@ class LeaseBook:
         while ready:
             seq, work_id = heapq.heappop(ready)
             record = env.records[work_id]
-            if record.seq != seq or not rules.can_hand_out(record, now_us, reclaim_older_than_ms):
+            if record.seq != seq:
+                continue
+            if not rules.can_hand_out(record, now_us, reclaim_older_than_ms):
+                last_handed_us = record.handed_out_at_us
+                if record.state is WorkState.QUEUED and last_handed_us is not None:
+                    # A poll with a shorter window moved it here; this poll's
+                    # window is longer. Dropping it would strand it: put it
+                    # back among the hand-outs, kept in hand-out order.
+                    bisect.insort(handed, (last_handed_us, work_id))
                 continue
             rules.hand_out(record, now_us, worker_id)
             handed.append((now_us, work_id))
