@@ -96,3 +96,16 @@ def test_serve_rejects_bad_arguments(args: list[str], needle: str) -> None:
     )
     assert done.returncode == 2
     assert needle in done.stderr
+
+
+def test_serve_refuses_a_file_that_is_not_its_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "leasekit.cli", "serve", "--port", "0", "--db", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert str(path) in done.stderr and "cannot open as a leasekit database" in done.stderr

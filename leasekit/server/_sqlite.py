@@ -185,6 +185,9 @@ class SqliteStore:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("COMMIT")
+            # A file made by something else, or by another schema, fails here, not per request.
+            conn.execute(f"{_SELECT} LIMIT 0").fetchall()
+            conn.execute("SELECT environment_id, worker_id, last_poll_us FROM pollers LIMIT 0")
         except sqlite3.Error as error:
             raise ValueError(f"{self.path}: cannot open as a leasekit database: {error}") from None
         return conn
