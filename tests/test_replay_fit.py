@@ -124,7 +124,7 @@ def test_too_few_answers_is_an_error(tmp_path: Path) -> None:
 
 
 def test_the_fit_becomes_a_scenario_network(shiftexp_trace: Path) -> None:
-    from leasekit.sim._scenario import Scenario
+    from leasekit.sim import Scenario
 
     fit = fit_network(load_any_trace(shiftexp_trace))
     network = fit.to_network()

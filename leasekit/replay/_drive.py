@@ -44,14 +44,6 @@ _REPORTED: Final = (
     "split_brain_seconds_per_lease_hour",
     "requests_per_lease_second",
 )
-# two-sided 95% Student t quantiles by degrees of freedom (1..30), for the
-# confidence interval over replications
-_T95: Final = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
 _Spans = tuple[list[float], list[float]]
 
 
@@ -146,18 +138,6 @@ class TraceNetwork:
         return half
 
 
-def _ci95(values: list[float]) -> list[float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return [math.nan, math.nan]
-    mean = sum(finite) / len(finite)
-    if len(finite) < 2:
-        return [mean, mean]
-    sd = float(np.std(finite, ddof=1))
-    half = _T95[min(len(finite) - 1, len(_T95)) - 1] * sd / math.sqrt(len(finite))
-    return [mean - half, mean + half]
-
-
 def simulate_on_trace(
     attempts: pd.DataFrame,
     *,
@@ -172,13 +152,12 @@ def simulate_on_trace(
     Returns, for each of ``false_losses_per_lease_hour``,
     ``server_expiries_per_lease_hour``, ``precondition_failures_per_lease_hour``,
     ``split_brain_seconds_per_lease_hour`` and ``requests_per_lease_second``,
-    the mean over ``replications`` runs (seeds ``seed``, ``seed + 1``, ...) and
-    its 95% confidence interval as ``NAME_ci95``; plus ``lease_hours`` (mean)
+    the mean over ``replications`` runs (:func:`leasekit.sim.replicate` from
+    ``seed``) and its 95% t-interval as ``NAME_ci95``; plus ``lease_hours`` (mean)
     and ``replications``. Raises :class:`ValueError` for a trace without a held
     lease or an answered attempt.
     """
-    from ..sim._engine import Engine
-    from ..sim._scenario import Network, Scenario, Server, Workers
+    from ..sim import Network, Scenario, Server, Streams, Workers, replicate
 
     held = [lease for lease in leases(attempts) if len(lease)]
     if not held:
@@ -199,17 +178,16 @@ def simulate_on_trace(
         network=Network(),
     )
 
-    def factory(_scenario: Scenario, streams: Any) -> TraceNetwork:
+    def factory(_scenario: Scenario, streams: Streams) -> TraceNetwork:
         return TraceNetwork(round_trips, timelines, streams.rng("network.trace"))
 
-    runs = [
-        Engine(scenario, seed + k, network=factory).run().metrics() for k in range(replications)
-    ]
-    result: dict[str, Any] = {"replications": replications}
-    result["lease_hours"] = sum(run["lease_hours"] for run in runs) / replications
+    estimates = replicate(scenario, replications, seed=seed, network=factory).estimates()
+    result: dict[str, Any] = {
+        "replications": replications,
+        "lease_hours": estimates["lease_hours"].value,
+    }
     for name in _REPORTED:
-        values = [float(run[name]) for run in runs]
-        finite = [v for v in values if math.isfinite(v)]
-        result[name] = sum(finite) / len(finite) if finite else math.nan
-        result[f"{name}_ci95"] = _ci95(values)
+        estimate = estimates[name]
+        result[name] = estimate.value
+        result[f"{name}_ci95"] = [estimate.low, estimate.high]
     return result

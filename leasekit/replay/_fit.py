@@ -40,7 +40,7 @@ from ..distributions import Delay
 from ..policy import Outcome
 
 if TYPE_CHECKING:
-    from ..sim._scenario import Network
+    from ..sim import Network
 
 __all__ = ["NetworkFit", "fit_network"]
 
@@ -122,7 +122,7 @@ class NetworkFit:
         of the direction (polls and acks too), the fit per heartbeat attempt:
         close while a worker holds its lease, which is when heartbeats flow.
         """
-        from ..sim._scenario import Burst, Direction, Network
+        from ..sim import Burst, Direction, Network
 
         delay = self.one_way_spec
         p, r = self.ge_p_good_to_bad, self.ge_p_bad_to_good
