@@ -11,7 +11,7 @@ import pytest
 from leasekit.policy import Outcome, Result, Send
 from leasekit.protocol import HeartbeatAnswer, LeaseState, WorkState
 from leasekit.replay import load_any_trace
-from leasekit.replay._drive import TraceNetwork, _timeline, simulate_on_trace
+from leasekit.replay._drive import TraceNetwork, _concatenate, _timeline, simulate_on_trace
 from leasekit.replay._whatif import leases
 from leasekit.trace import TraceHeader, TraceWriter
 
@@ -78,8 +78,12 @@ def test_outages_are_placed_by_what_followed_them(tmp_path: Path) -> None:
 
 def test_the_network_replays_trace_round_trips_and_outages(tmp_path: Path) -> None:
     attempts = _sdk_trace(tmp_path / "t.jsonl")
-    timelines = [_timeline(lease) for lease in leases(attempts)]
-    network = TraceNetwork(list(RTTS), timelines, random.Random(1))
+    timeline = _concatenate([_timeline(lease) for lease in leases(attempts)])
+    # the two leases end to end: 660.05 s, then 700 s to the last answer
+    total = timeline.length_s
+    assert total == pytest.approx(660.05 + attempts["received_s"].max() - 700.0)
+    assert timeline.answer == ([600.0], [630.0]) and timeline.request == ([], [])
+    network = TraceNetwork(list(RTTS), timeline, 2, random.Random(1))
     for t in (1.0, 100.0, 599.0, 631.0):
         there = network.request_delay(0, "heartbeat", t)
         back = network.answer_delay(0, "heartbeat", t + 0.01)
@@ -88,25 +92,25 @@ def test_the_network_replays_trace_round_trips_and_outages(tmp_path: Path) -> No
     # inside the window requests still reach the server, answers do not
     assert network.request_delay(0, "heartbeat", 610.0) is not None
     assert network.answer_delay(0, "heartbeat", 610.02) is None
-    # worker 0 lives on lease 1's timeline, wrapping at its end
-    assert network.answer_delay(0, "heartbeat", 660.05 + 610.0) is None
-    # worker 1 on lease 2's clean one
+    # worker 1 starts half way along the timeline, and meets the window when it wraps
     assert network.answer_delay(1, "heartbeat", 610.0) is not None
+    assert network.answer_delay(1, "heartbeat", total / 2 + 610.0) is None
 
 
 def test_another_policy_on_the_same_network(tmp_path: Path) -> None:
     attempts = _sdk_trace(tmp_path / "t.jsonl")
     sdk = simulate_on_trace(attempts, policy="sdk", ttl_seconds=90, seed=5, replications=3)
     ours = simulate_on_trace(attempts, policy="leasekit", ttl_seconds=90, seed=5, replications=3)
-    # the official worker gives up a lease each time an answer is lost (412 on
-    # its next beat); leasekit's policy adopts the value and keeps it
-    assert sdk["false_losses_per_lease_hour"] > 0
+    # the official worker on its own trace's network loses what it lost in the
+    # trace: one lease, to the 412 after the lost answer
+    assert sdk["false_losses_per_lease_hour"] * sdk["lease_hours"] == pytest.approx(1, rel=0.05)
     assert sdk["precondition_failures_per_lease_hour"] > 0
+    # leasekit's policy adopts the value the lost answer carried and keeps its lease
     assert ours["false_losses_per_lease_hour"] == 0
     assert ours["split_brain_seconds_per_lease_hour"] == 0
-    low, high = sdk["false_losses_per_lease_hour_ci95"]
-    assert low <= sdk["false_losses_per_lease_hour"] <= high
-    assert sdk["replications"] == 3 and sdk["lease_hours"] > 0
+    low, high = sdk["requests_per_lease_second_ci95"]
+    assert low <= sdk["requests_per_lease_second"] <= high
+    assert sdk["replications"] == 3 and sdk["lease_hours"] > 0.9
     # same seed, same numbers
     again = simulate_on_trace(attempts, policy="sdk", ttl_seconds=90, seed=5, replications=3)
     assert again == sdk

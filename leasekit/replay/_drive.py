@@ -7,18 +7,22 @@
   (answered attempts, seconds) and takes half of it; its answer takes the
   other half of the same draw, so simulated round trips have exactly the
   trace's distribution.
-* **Losses, in time.** Simulated worker ``i`` lives on the timeline of the
-  trace's lease ``i mod L`` (seconds since that lease's first success,
-  wrapping around at its end). Each unanswered attempt of the trace marks
-  its window, from its send to its timeout, as an outage: at the HTTP level
-  a lost packet is retransmitted, so an attempt that gets no answer for a
-  whole timeout means the path was down (or the server stalled) that long.
-  A window followed by a success loses requests (none reached the server);
-  one followed by a 412 loses answers (a request reached the server, its
-  answer never came back). Polls and acks meet the same outages.
+* **Losses, in time.** The trace's leases, each from its first success
+  to its last attempt, are laid end to end into one network timeline of
+  ``T`` seconds. Each unanswered attempt marks its window, from its send to
+  its timeout, as an outage: at the HTTP level a lost packet is
+  retransmitted, so an attempt that gets no answer for a whole timeout means
+  the path was down (or the server stalled) that long. A window followed by
+  a success loses requests (none reached the server); one followed by a 412
+  loses answers (a request reached the server, its answer never came back).
+  Polls and acks meet the same outages.
 
-The simulated fleet has one worker and one work item per lease of the trace,
-starting together, and runs for the longest lease of the trace.
+The simulated fleet has ``W`` workers (one per lease of the trace, but
+fewer when that would make runs shorter than 10 minutes) and as many work
+items; each run lasts ``T / W`` seconds and worker ``i`` lives on the
+timeline from ``i * T / W`` on, so together the workers go through the
+trace's network exactly once, whatever the leases' lengths. Workers meet
+their outages independently, as the trace's leases did.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from ._whatif import leases
 
 __all__ = ["TraceNetwork", "simulate_on_trace"]
 
+_MIN_RUN_S: Final = 600.0
+"""Shortest run worth splitting the timeline for: claims and start-up weigh less."""
 _REPORTED: Final = (
     "false_losses_per_lease_hour",
     "server_expiries_per_lease_hour",
@@ -99,43 +105,60 @@ def _timeline(lease: pd.DataFrame) -> _Timeline:
     return _Timeline(_merge(request), _merge(answer), length)
 
 
+def _concatenate(timelines: Sequence[_Timeline]) -> _Timeline:
+    """Lay lease timelines end to end."""
+    request: list[tuple[float, float]] = []
+    answer: list[tuple[float, float]] = []
+    offset = 0.0
+    for timeline in timelines:
+        for spans, into in ((timeline.request, request), (timeline.answer, answer)):
+            into.extend((offset + start, offset + end) for start, end in zip(*spans, strict=True))
+        offset += timeline.length_s
+    return _Timeline(_merge(request), _merge(answer), offset)
+
+
 class TraceNetwork:
-    """A :class:`~leasekit.sim._network.NetworkModel` that replays a trace (module docstring).
+    """A :class:`~leasekit.sim.NetworkModel` that replays a trace (module docstring).
 
     ``round_trips`` are the trace's observed round trips, seconds;
-    ``timelines`` one per trace lease; ``rng`` the run's random stream.
+    ``timeline`` its network timeline, which ``workers`` workers share at
+    evenly spaced offsets; ``rng`` the run's random stream.
     """
 
     def __init__(
-        self, round_trips: Sequence[float], timelines: Sequence[_Timeline], rng: random.Random
+        self,
+        round_trips: Sequence[float],
+        timeline: _Timeline,
+        workers: int,
+        rng: random.Random,
     ) -> None:
         if not round_trips:
             raise ValueError("trace network: the trace has no answered attempt to take delays from")
         self._round_trips = list(round_trips)
-        self._timelines = list(timelines)
+        self._timeline = timeline
+        self._stride_s = timeline.length_s / workers
         self._rng = rng
         self._pending: dict[int, float] = {}
 
-    def _timeline(self, worker: int, sent_s: float) -> tuple[_Timeline, float]:
-        timeline = self._timelines[worker % len(self._timelines)]
-        return timeline, math.fmod(sent_s, timeline.length_s)
+    def _at(self, worker: int, sent_s: float) -> float:
+        """Where on the trace's timeline a worker's simulated time falls."""
+        return math.fmod(worker * self._stride_s + sent_s, self._timeline.length_s)
+
+    def _half(self) -> float:
+        return self._round_trips[self._rng.randrange(len(self._round_trips))] / 2
 
     def request_delay(self, worker: int, kind: str, sent_s: float) -> float | None:
-        timeline, t = self._timeline(worker, sent_s)
-        if _inside(timeline.request, t):
+        if _inside(self._timeline.request, self._at(worker, sent_s)):
             return None
-        half = self._round_trips[self._rng.randrange(len(self._round_trips))] / 2
-        self._pending[worker] = half
+        # the answer takes the other half of the same round trip
+        half = self._pending[worker] = self._half()
         return half
 
     def answer_delay(self, worker: int, kind: str, sent_s: float) -> float | None:
         half = self._pending.pop(worker, None)
-        timeline, t = self._timeline(worker, sent_s)
-        if _inside(timeline.answer, t):
+        if _inside(self._timeline.answer, self._at(worker, sent_s)):
             return None
-        if half is None:
-            half = self._round_trips[self._rng.randrange(len(self._round_trips))] / 2
-        return half
+        return self._half() if half is None else half
 
 
 def simulate_on_trace(
@@ -162,14 +185,15 @@ def simulate_on_trace(
     held = [lease for lease in leases(attempts) if len(lease)]
     if not held:
         raise ValueError("the trace holds no lease to replay")
-    timelines = [_timeline(lease) for lease in held]
+    timeline = _concatenate([_timeline(lease) for lease in held])
+    workers = max(1, min(len(held), math.floor(timeline.length_s / _MIN_RUN_S)))
     answered = attempts["status"].notna() & attempts["received_s"].notna()
     round_trips = (attempts.loc[answered, "received_s"] - attempts.loc[answered, "sent_s"]).tolist()
     scenario = Scenario(
         name="trace replay",
-        duration_s=max(t.length_s for t in timelines),
+        duration_s=timeline.length_s / workers,
         seed=seed,
-        workers=Workers(count=len(timelines), policy=policy, start_spread_s=0.0),
+        workers=Workers(count=workers, policy=policy, start_spread_s=0.0),
         server=Server(
             default_ttl_seconds=ttl_seconds,
             min_ttl_seconds=min(5, ttl_seconds),
@@ -179,7 +203,7 @@ def simulate_on_trace(
     )
 
     def factory(_scenario: Scenario, streams: Streams) -> TraceNetwork:
-        return TraceNetwork(round_trips, timelines, streams.rng("network.trace"))
+        return TraceNetwork(round_trips, timeline, workers, streams.rng("network.trace"))
 
     estimates = replicate(scenario, replications, seed=seed, network=factory).estimates()
     result: dict[str, Any] = {
