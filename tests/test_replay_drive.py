@@ -10,8 +10,8 @@ import pytest
 
 from leasekit.policy import Outcome, Result, Send
 from leasekit.protocol import HeartbeatAnswer, LeaseState, WorkState
-from leasekit.replay import load_any_trace
-from leasekit.replay._drive import TraceNetwork, _concatenate, _timeline, simulate_on_trace
+from leasekit.replay import TraceNetwork, load_any_trace, simulate_on_trace
+from leasekit.replay._drive import _concatenate, _timeline
 from leasekit.replay._whatif import leases
 from leasekit.trace import TraceHeader, TraceWriter
 

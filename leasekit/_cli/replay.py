@@ -99,7 +99,7 @@ def _clean(value: Any) -> Any:
 def _simulated_rows(
     attempts: pd.DataFrame, args: argparse.Namespace, fit: NetworkFit | None
 ) -> list[dict[str, Any]]:
-    from ..replay._drive import simulate_on_trace  # the simulator is only needed here
+    from ..replay import simulate_on_trace
 
     rows = []
     for spec in args.policy or []:
