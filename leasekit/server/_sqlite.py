@@ -31,6 +31,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -89,10 +90,9 @@ _UPDATE: Final = (
 )
 
 
-_Job = tuple[
-    Callable[[sqlite3.Connection], Any], Callable[[Any, "BaseException | None"], None], bool
-]
-"""(work, callback with the result or the error, whether it writes)"""
+_Work = Callable[[sqlite3.Connection, int], Any]
+_Job = tuple[_Work, Callable[[Any, "BaseException | None"], None], bool, int]
+"""(work, callback with the result or the error, whether it writes, arrival time us)"""
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -104,7 +104,7 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
 
 
-def _data_version(conn: sqlite3.Connection) -> int:
+def _data_version(conn: sqlite3.Connection, _now_us: int) -> int:
     (version,) = conn.execute("PRAGMA data_version").fetchone()
     return int(version)
 
@@ -217,18 +217,18 @@ class SqliteStore:
     def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._conn
         outcomes: list[tuple[Any, BaseException | None]] = []
-        if not any(writes for _, _, writes in batch):
+        if not any(writes for _, _, writes, _ in batch):
             # Reads only: no write lock, no fsync.
-            for fn, _, _ in batch:
+            for fn, _, _, arrival_us in batch:
                 try:
-                    outcomes.append((fn(conn), None))
+                    outcomes.append((fn(conn, arrival_us), None))
                 except Exception as error:
                     outcomes.append((None, error))
         else:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for fn, _, _ in batch:
-                    outcomes.append(self._apply(conn, fn))
+                for fn, _, _, arrival_us in batch:
+                    outcomes.append(self._apply(conn, fn, arrival_us))
                 conn.execute("COMMIT")
             except sqlite3.Error as error:
                 # Nothing of this batch is committed: every job fails, none answers 200.
@@ -236,14 +236,19 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
                 failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
                 outcomes = [(None, failure)] * len(batch)
-        for (_, done, _), (result, error_or_none) in zip(batch, outcomes, strict=True):
+        for (_, done, _, _), (result, error_or_none) in zip(batch, outcomes, strict=True):
             done(result, error_or_none)
 
     def _apply(
-        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+        self, conn: sqlite3.Connection, fn: _Work, arrival_us: int
     ) -> tuple[Any, BaseException | None]:
         """Run one job in a savepoint; re-run it when a conditional write lost
         (someone changed the record between our read and our write).
+
+        The job's ``now_us`` is the wall clock read here, under the write
+        lock (never earlier than the request's arrival): decisions then
+        follow commit order, across every process on the file, even when a
+        job waited for the lock.
 
         An :class:`ApiError` keeps the job's writes: the rules raise only
         before changing anything, and the expiry they settled first must
@@ -252,7 +257,7 @@ class SqliteStore:
         for _ in range(_CONFLICT_RETRIES):
             conn.execute("SAVEPOINT job")
             try:
-                result = fn(conn)
+                result = fn(conn, max(arrival_us, time.time_ns() // 1000))
             except _Conflict:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
@@ -270,7 +275,7 @@ class SqliteStore:
             return result, None
         return None, ApiError(ErrorType.OVERLOADED, "storage: too many concurrent changes, retry")
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run(self, fn: Callable[[sqlite3.Connection, int], T], arrival_us: int) -> T:
         """Run a job and wait for it (start-up and seeding, off the event loop)."""
         future: Future[T] = Future()
 
@@ -280,10 +285,12 @@ class SqliteStore:
             else:
                 future.set_exception(error)
 
-        self._jobs.put((fn, done, True))
+        self._jobs.put((fn, done, True, arrival_us))
         return future.result()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], writes: bool = True) -> T:
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection, int], T], arrival_us: int, writes: bool = True
+    ) -> T:
         """Run a job on the writer thread; resolves after its COMMIT."""
         if self._closed:
             raise ApiError(ErrorType.OVERLOADED, "the server is shutting down")
@@ -293,12 +300,12 @@ class SqliteStore:
         def done(result: Any, error: BaseException | None) -> None:
             loop.call_soon_threadsafe(_resolve, future, result, error)
 
-        self._jobs.put((fn, done, writes))
+        self._jobs.put((fn, done, writes, arrival_us))
         return await future
 
     async def change_token(self) -> int:
         """Changes when another connection (another process) commits."""
-        return await self._write(_data_version, writes=False)
+        return await self._write(_data_version, 0, writes=False)
 
     def _save(self, conn: sqlite3.Connection, loaded: _Loaded) -> None:
         """Write the record back if the rules changed it: one conditional UPDATE."""
@@ -349,7 +356,7 @@ class SqliteStore:
 
     def seed(self, environment_id: str, count: int, now_us: int) -> None:
         for _ in range(count):
-            self._run(lambda c: self._enqueue(c, environment_id, now_us))
+            self._run(lambda c, now: self._enqueue(c, environment_id, now), now_us)
 
     def _enqueue(
         self,
@@ -385,7 +392,7 @@ class SqliteStore:
         metadata: Mapping[str, str] | None,
     ) -> Json:
         return await self._write(
-            lambda c: self._enqueue(c, environment_id, now_us, session_id, metadata)
+            lambda c, now: self._enqueue(c, environment_id, now, session_id, metadata), now_us
         )
 
     async def poll(
@@ -393,7 +400,7 @@ class SqliteStore:
     ) -> Json | None:
         rules = self.rules
 
-        def poll(conn: sqlite3.Connection) -> Json | None:
+        def poll(conn: sqlite3.Connection, now_us: int) -> Json | None:
             if worker_id is not None:
                 conn.execute(
                     "INSERT INTO pollers VALUES (?, ?, ?) ON CONFLICT (environment_id, worker_id) "
@@ -416,10 +423,10 @@ class SqliteStore:
                         return loaded.record.to_item(with_secret=True).to_json()
             return None
 
-        return await self._write(poll)
+        return await self._write(poll, now_us)
 
     async def next_due_us(self, environment_id: str, reclaim_older_than_ms: int) -> int | None:
-        def due(conn: sqlite3.Connection) -> int | None:
+        def due(conn: sqlite3.Connection, _now_us: int) -> int | None:
             (deadline,) = conn.execute(
                 "SELECT MIN(deadline_us) FROM work WHERE environment_id = ? "
                 "AND deadline_us IS NOT NULL",
@@ -437,16 +444,16 @@ class SqliteStore:
                 candidates.append(handed + reclaim_older_than_ms * 1_000)
             return min(candidates) if candidates else None
 
-        return await self._write(due, writes=False)
+        return await self._write(due, 0, writes=False)
 
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json:
-        def ack(conn: sqlite3.Connection) -> Json:
+        def ack(conn: sqlite3.Connection, now_us: int) -> Json:
             loaded = self._load_settled(conn, environment_id, work_id, now_us)
             self.rules.ack(loaded.record, now_us)
             self._save(conn, loaded)
             return loaded.record.to_item().to_json()
 
-        return await self._write(ack)
+        return await self._write(ack, now_us)
 
     async def heartbeat(
         self,
@@ -456,7 +463,7 @@ class SqliteStore:
         expected_last_heartbeat: str | None,
         desired_ttl_seconds: int | None,
     ) -> Json:
-        def heartbeat(conn: sqlite3.Connection) -> Json:
+        def heartbeat(conn: sqlite3.Connection, now_us: int) -> Json:
             loaded = self._load_settled(conn, environment_id, work_id, now_us)
             answer = self.rules.heartbeat(
                 loaded.record, now_us, expected_last_heartbeat, desired_ttl_seconds
@@ -464,34 +471,34 @@ class SqliteStore:
             self._save(conn, loaded)
             return answer.to_json()
 
-        return await self._write(heartbeat)
+        return await self._write(heartbeat, now_us)
 
     async def stop(self, environment_id: str, work_id: str, now_us: int, force: bool) -> Json:
-        def stop(conn: sqlite3.Connection) -> Json:
+        def stop(conn: sqlite3.Connection, now_us: int) -> Json:
             loaded = self._load_settled(conn, environment_id, work_id, now_us)
             self.rules.stop(loaded.record, now_us, force=force)
             self._save(conn, loaded)
             return loaded.record.to_item().to_json()
 
-        return await self._write(stop)
+        return await self._write(stop, now_us)
 
     async def retrieve(self, environment_id: str, work_id: str, now_us: int) -> Json:
-        def retrieve(conn: sqlite3.Connection) -> Json:
+        def retrieve(conn: sqlite3.Connection, now_us: int) -> Json:
             loaded = self._load_settled(conn, environment_id, work_id, now_us)
             return loaded.record.to_item().to_json()
 
-        return await self._write(retrieve)
+        return await self._write(retrieve, now_us)
 
     async def update_metadata(
         self, environment_id: str, work_id: str, now_us: int, patch: Mapping[str, str | None]
     ) -> Json:
-        def update(conn: sqlite3.Connection) -> Json:
+        def update(conn: sqlite3.Connection, now_us: int) -> Json:
             loaded = self._load_settled(conn, environment_id, work_id, now_us)
             self.rules.update_metadata(loaded.record, patch)
             self._save(conn, loaded)
             return loaded.record.to_item().to_json()
 
-        return await self._write(update)
+        return await self._write(update, now_us)
 
     async def list(
         self, environment_id: str, now_us: int, limit: int | None, page: str | None
@@ -499,7 +506,7 @@ class SqliteStore:
         page_size = validate_list_limit(limit)
         after = decode_cursor(page)
 
-        def page_of(conn: sqlite3.Connection) -> Json:
+        def page_of(conn: sqlite3.Connection, now_us: int) -> Json:
             self._settle_due(conn, environment_id, now_us)
             rows = conn.execute(
                 f"{_SELECT} WHERE environment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -509,10 +516,10 @@ class SqliteStore:
             cursor = encode_cursor(chosen[-1].seq) if len(rows) > page_size else None
             return WorkList(tuple(r.to_item() for r in chosen), cursor).to_json()
 
-        return await self._write(page_of)
+        return await self._write(page_of, now_us)
 
     async def stats(self, environment_id: str, now_us: int) -> Json:
-        def stats(conn: sqlite3.Connection) -> Json:
+        def stats(conn: sqlite3.Connection, now_us: int) -> Json:
             self._settle_due(conn, environment_id, now_us)
             conn.execute(
                 "DELETE FROM pollers WHERE environment_id = ? AND last_poll_us < ?",
@@ -532,7 +539,7 @@ class SqliteStore:
             ]
             return queue_stats(records, poll_times, now_us).to_json()
 
-        return await self._write(stats)
+        return await self._write(stats, now_us)
 
     def close(self) -> None:
         """Finish the queued jobs, then close the database (idempotent)."""
