@@ -469,6 +469,14 @@ def test_undetectable_files_say_so(tmp_path: Path, text: str, words: str) -> Non
     assert words in error.message
 
 
+@pytest.mark.parametrize("format", ["csv", "otlp", "otel-console", "jsonl"])
+def test_a_binary_file_is_not_text(tmp_path: Path, format: str) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"sent_s,received_s,status\n\xff\xfe\x00\x81\n")
+    error = _error(path, format)
+    assert "UTF-8" in error.message or "not valid JSON" in error.message
+
+
 def test_a_file_without_heartbeat_spans_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "other.otlp.jsonl"
     path.write_text(json.dumps({"resourceSpans": []}) + "\n")

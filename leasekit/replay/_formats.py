@@ -71,7 +71,13 @@ def load_any_trace(path: str | Path, format: str | None = None) -> pd.DataFrame:
         "otlp": _read_otlp,
         "otel-console": _read_console,
     }
-    return readers[format](name)
+    try:
+        return readers[format](name)
+    except UnicodeDecodeError as error:
+        # the byte offset is all the codec knows; name it rather than a line
+        raise TraceError(
+            name, 0, None, f"not UTF-8 text (bad byte at offset {error.start})"
+        ) from None
 
 
 def detect_format(path: str | Path) -> str:
