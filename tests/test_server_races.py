@@ -13,9 +13,11 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from raw_http import RawConnection
 from serve_process import ServeProcess
 
 from leasekit.protocol import NO_HEARTBEAT
@@ -28,20 +30,23 @@ RACERS = 50
 
 async def race_rounds(urls: Sequence[str], rounds: int) -> None:
     """Each round: a new item, 50 claims, then 50 renewals echoing the winner,
-    spread over ``urls`` (one server, or several on one database)."""
-    limits = httpx.Limits(max_connections=RACERS * 2, max_keepalive_connections=RACERS * 2)
-    async with httpx.AsyncClient(headers=AUTH, limits=limits, timeout=60) as client:
+    spread over ``urls`` (one server, or several on one database), each on
+    its own keep-alive connection."""
+    connections = [await RawConnection.open(urls[n % len(urls)]) for n in range(RACERS)]
+    base = f"/v1/environments/{ENV}/work"
+    try:
         for _ in range(rounds):
-            created = await client.post(f"{urls[0]}/v1/environments/{ENV}/work")
-            work_id = created.json()["id"]
-            acked = await client.post(f"{urls[-1]}/v1/environments/{ENV}/work/{work_id}/ack")
-            assert acked.status_code == 200
+            status, created = await connections[0].request("POST", base, headers=AUTH)
+            work_id = created["id"]
+            status, _ = await connections[-1].request("POST", f"{base}/{work_id}/ack", headers=AUTH)
+            assert status == 200
 
-            async def beat(n: int, echo: str, work_id: str = work_id) -> httpx.Response:
-                url = urls[n % len(urls)]
-                return await client.post(
-                    f"{url}/v1/environments/{ENV}/work/{work_id}/heartbeat",
+            async def beat(n: int, echo: str, work_id: str = work_id) -> tuple[int, Any]:
+                return await connections[n].request(
+                    "POST",
+                    f"{base}/{work_id}/heartbeat",
                     params={"expected_last_heartbeat": echo},
+                    headers=AUTH,
                 )
 
             claims = await asyncio.gather(*(beat(n, NO_HEARTBEAT) for n in range(RACERS)))
@@ -49,16 +54,18 @@ async def race_rounds(urls: Sequence[str], rounds: int) -> None:
             renewals = await asyncio.gather(*(beat(n, winner) for n in range(RACERS)))
             renewed = single_winner(renewals)
             assert renewed > winner
-            for answer in renewals:
-                if answer.status_code == 412:
-                    state = answer.json()["error"]["details"]["current_state"]
-                    assert state["last_heartbeat"] == renewed
+            for status, body in renewals:
+                if status == 412:
+                    assert body["error"]["details"]["current_state"]["last_heartbeat"] == renewed
+    finally:
+        for connection in connections:
+            connection.close()
 
 
-def single_winner(answers: Sequence[httpx.Response]) -> str:
-    statuses = sorted(answer.status_code for answer in answers)
+def single_winner(answers: Sequence[tuple[int, Any]]) -> str:
+    statuses = sorted(status for status, _ in answers)
     assert statuses == [200] + [412] * (len(answers) - 1), statuses
-    (won,) = [a.json()["last_heartbeat"] for a in answers if a.status_code == 200]
+    (won,) = [body["last_heartbeat"] for status, body in answers if status == 200]
     assert isinstance(won, str)
     return won
 
