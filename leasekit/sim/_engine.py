@@ -25,6 +25,7 @@ Written for speed:
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import math
 from collections import deque
@@ -100,6 +101,7 @@ class Attempt:
         "number",
         "processed_s",
         "repolled",
+        "seen_s",
         "sent_s",
         "status",
         "timed_out",
@@ -120,6 +122,7 @@ class Attempt:
         self.arrived_s = math.nan
         self.processed_s = math.nan
         self.answered_s = math.nan
+        self.seen_s = math.nan
         self.status: int | None = None
         self.answer: Any = None
         self.current_state: Any = None
@@ -209,6 +212,9 @@ class Engine:
         self.streams = streams = Streams(seed)
         self.network: NetworkModel = (network or ScenarioNetwork)(scenario, streams)
         self.monitor = Monitor(scenario)
+        # the monitor's callbacks on the hot path are bare list appends
+        self._log_attempt = self.monitor.attempts.append
+        self._log_request = self.monitor.requests_s.append
         self._progress = progress
         server = scenario.server
         self.book = LeaseBook(
@@ -221,6 +227,9 @@ class Engine:
             self.book.enqueue(ENVIRONMENT_ID, EPOCH_US, work_id=f"work_{i:05d}")
         self._acting: _Worker | None = None
         self._end_s = scenario.duration_s
+        self._heartbeats_sent = 0
+        self._request_delay = self.network.request_delay
+        self._answer_delay = self.network.answer_delay
         # server
         self._processing = parse_delay(server.processing)
         self._server_rng = streams.rng("server")
@@ -235,6 +244,11 @@ class Engine:
         )
         self._free_at = [0.0] * server.capacity  # heap: when each server slot frees up
         self._waiting: deque[float] = deque()  # start times of queued requests, ascending
+        # SimPy reads an event's callbacks and never changes the list: share them
+        self._process_stage: list[Callable[[Any], None]] = [self._on_process]
+        self._first_stage: list[Callable[[Any], None]] = [
+            self._on_process if self._direct else self._on_arrival
+        ]
         # workers
         workers_config = scenario.workers
         self._policy_spec = workers_config.policy
@@ -298,7 +312,16 @@ class Engine:
         if progress is not None:
             for k in range(1, 100):
                 self._at(k * duration / 100, lambda call: progress(call.value), k / 100)
-        self.env.run(until=duration)
+        # The run allocates an object per message and keeps it for the log;
+        # the cyclic collector would walk them all again and again for no
+        # garbage (the engine makes no short-lived cycles).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self.env.run(until=duration)
+        finally:
+            if collecting:
+                gc.enable()
         end_us = EPOCH_US + round(duration * 1e6)
         # Lazy expiries that are due but untouched happen now, at their real times.
         for record in list(self.book.records(ENVIRONMENT_ID)):
@@ -307,6 +330,7 @@ class Engine:
             if worker.lease is not None:
                 self.monitor.lease_ended(worker.lease, duration, "running")
                 worker.lease = None
+        self.monitor.heartbeats_sent = self._heartbeats_sent
         if progress is not None:
             progress(1.0)
         return self.monitor
@@ -320,8 +344,8 @@ class Engine:
         if sent_s >= worker.next_crash_s or sent_s >= self._end_s:
             return  # dead by then (its crash event takes over), or after the run
         if attempt.kind is _HEARTBEAT:
-            self.monitor.heartbeats_sent += 1
-        delay = self.network.request_delay(worker.index, attempt.kind, sent_s)
+            self._heartbeats_sent += 1
+        delay = self._request_delay(worker.index, attempt.kind, sent_s)
         if delay is None:
             attempt.lost = "request"
             attempt.timed_out = True
@@ -332,7 +356,7 @@ class Engine:
             # The worker gives up first; the request still reaches the server.
             attempt.timed_out = True
             self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
-        attempt.callbacks = [self._on_process if self._direct else self._on_arrival]
+        attempt.callbacks = self._first_stage
         delay = arrived_s - self.env._now
         self._schedule(attempt, _NORMAL, delay if delay > 0 else 0.0)
 
@@ -388,7 +412,7 @@ class Engine:
             if start > now and len(waiting) >= server.queue_limit:
                 attempt.processed_s = now
                 attempt.status = server.overload_status
-                self.monitor.server_request(attempt, now)
+                self._log_request(now)
                 self._answer(attempt)
                 return
             heapq.heapreplace(self._free_at, start + service)
@@ -398,7 +422,7 @@ class Engine:
         if done >= attempt.deadline_s and not attempt.timed_out:
             attempt.timed_out = True
             self._at(self._resume(attempt.worker, attempt.deadline_s), self._on_timeout, attempt)
-        attempt.callbacks = [self._on_process]
+        attempt.callbacks = self._process_stage
         self._schedule(attempt, _NORMAL, done - now)
 
     def _on_process(self, attempt: Attempt) -> None:
@@ -425,8 +449,8 @@ class Engine:
             if record is None and long_poll_s > 0 and not attempt.repolled:
                 # A long poll: hold the request and look once more when it ends.
                 attempt.repolled = True
-                self.monitor.server_request(attempt, now)
-                attempt.callbacks = [self._on_process]
+                self._log_request(now)
+                attempt.callbacks = self._process_stage
                 self._schedule(attempt, _NORMAL, long_poll_s)
                 return
             attempt.status = 200
@@ -438,7 +462,7 @@ class Engine:
             except ApiError as error:
                 attempt.status = error.status
         if not attempt.repolled:
-            self.monitor.server_request(attempt, now)
+            self._log_request(now)
         self._answer(attempt)
 
     def _answer(self, attempt: Attempt) -> None:
@@ -448,7 +472,7 @@ class Engine:
         if attempt.timed_out:
             return  # the worker stopped waiting; its timeout is scheduled
         worker = attempt.worker
-        delay = self.network.answer_delay(worker.index, attempt.kind, self.env._now)
+        delay = self._answer_delay(worker.index, attempt.kind, self.env._now)
         if delay is None:
             attempt.lost = "answer"
             attempt.timed_out = True
@@ -482,7 +506,9 @@ class Engine:
         worker = attempt.worker
         if attempt.gen != worker.gen or now >= worker.next_crash_s or now >= self._end_s:
             return  # it crashed (or will have) before then, or the run is over
-        self.monitor.seen(attempt, now, timed_out)
+        attempt.seen_s = now
+        attempt.timed_out = timed_out
+        self._log_attempt(attempt)
         kind = attempt.kind
         if kind is _HEARTBEAT:
             if timed_out:
@@ -498,7 +524,18 @@ class Engine:
                     attempt.current_state,
                     status,
                 )
-            self._observe(worker, result)
+            policy = worker.policy
+            assert policy is not None
+            was_held = policy.held
+            action = policy.observe(result)
+            if action.__class__ is Send:
+                if not was_held and policy.held:
+                    worker.lease = self.monitor.lease_started(
+                        worker.index, worker.work_id, worker.tenure, now
+                    )
+                self._send_heartbeat(worker, action, now)  # type: ignore[arg-type,unused-ignore]
+            else:
+                self._stopped(worker, action, was_held, now)  # type: ignore[arg-type,unused-ignore]
         elif timed_out or (attempt.status != 200 and kind is _POLL):
             self._poll_failed(worker, now)
         elif kind is _POLL:
@@ -529,23 +566,8 @@ class Engine:
         else:  # pragma: no cover - no policy stops before its first attempt
             self._poll(worker, now)
 
-    def _observe(self, worker: _Worker, result: Result) -> None:
-        policy = worker.policy
-        assert policy is not None
-        now = result.received_at
-        was_held = policy.held
-        action = policy.observe(result)
-        if action.__class__ is Send:
-            if not was_held and policy.held:
-                worker.lease = self.monitor.lease_started(
-                    worker.index, worker.work_id, worker.tenure, now
-                )
-            self._send_heartbeat(worker, action, now)  # type: ignore[arg-type,unused-ignore]
-            return
-        assert isinstance(action, Stop)
-        if worker.lease is None and (
-            policy.held or was_held or action.reason is EndReason.SHUTDOWN
-        ):
+    def _stopped(self, worker: _Worker, action: Stop, was_held: bool, now: float) -> None:
+        if worker.lease is None and (was_held or action.reason is EndReason.SHUTDOWN):
             # Held for an instant (a shutdown on the first success).
             worker.lease = self.monitor.lease_started(
                 worker.index, worker.work_id, worker.tenure, now

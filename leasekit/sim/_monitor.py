@@ -25,6 +25,7 @@ Definitions (all over the metrics window ``[warmup_s, duration_s]``):
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ._engine import Attempt
     from ._scenario import Scenario
 
-__all__ = ["EVENT_COLUMNS", "Monitor", "Tenure", "WorkerLease"]
+__all__ = ["EVENT_COLUMNS", "Monitor", "Tenure", "WorkerLease", "events_frame"]
 
 _NAN: Final = math.nan
 
@@ -116,46 +117,13 @@ class Monitor:
         self.crashes: list[tuple[int, float, Tenure | None]] = []
         self.pauses: list[tuple[list[float], list[float]]] = []
         self.heartbeats_sent = 0
-        self.requests = 0
-        self.heartbeat_results = 0
-        self.precondition_failures = 0
+        self.attempts: list[Attempt] = []
+        """Every attempt whose end the worker saw (``seen_s``, ``timed_out`` set)."""
+        self.requests_s: list[float] = []
+        """When the server processed each request, in order."""
         self._live: dict[str, Tenure] = {}
 
     # ------------------------------------------------------------------ callbacks
-
-    def server_request(self, attempt: Attempt, now: float) -> None:
-        if self.window_start_s <= now:
-            self.requests += 1
-
-    def seen(self, attempt: Attempt, now: float, timed_out: bool) -> None:
-        """The worker learnt how an attempt ended (answer or timeout) at ``now``."""
-        status = attempt.status
-        if timed_out:
-            outcome = "timeout"
-        else:
-            assert status is not None
-            outcome = _OUTCOME_NAMES.get(status) or _outcome_name(status)
-        self.rows.append(
-            (
-                attempt.sent_s,
-                attempt.kind,
-                attempt.worker.index,
-                attempt.work_id or attempt.item or "",
-                attempt.number,
-                attempt.sent_s,
-                attempt.arrived_s,
-                attempt.processed_s,
-                attempt.answered_s,
-                now,
-                outcome,
-                _NAN if status is None else status,
-                attempt.lost,
-            )
-        )
-        if attempt.kind == "heartbeat" and self.window_start_s <= now:
-            self.heartbeat_results += 1
-            if outcome == "precondition_failed":
-                self.precondition_failures += 1
 
     def transition(
         self,
@@ -220,14 +188,43 @@ class Monitor:
 
     # ------------------------------------------------------------------ results
 
+    def attempt_rows(self) -> list[tuple[Any, ...]]:
+        """The attempts as event-log rows."""
+        rows = []
+        names = _OUTCOME_NAMES
+        for a in self.attempts:
+            status = a.status
+            if a.timed_out:
+                outcome = "timeout"
+            else:
+                assert status is not None
+                outcome = names.get(status) or _outcome_name(status)
+            rows.append(
+                (
+                    a.sent_s,
+                    a.kind,
+                    a.worker.index,
+                    a.work_id or a.item or "",
+                    a.number,
+                    a.sent_s,
+                    a.arrived_s,
+                    a.processed_s,
+                    a.answered_s,
+                    a.seen_s,
+                    outcome,
+                    _NAN if status is None else status,
+                    a.lost,
+                )
+            )
+        return rows
+
+    def all_rows(self) -> list[tuple[Any, ...]]:
+        """Attempt rows and the other events' rows, unordered."""
+        return self.attempt_rows() + self.rows
+
     def events(self) -> pd.DataFrame:
         """The event log, ordered by ``time_s`` (ties keep the order of events)."""
-        import pandas as pd
-
-        frame = pd.DataFrame.from_records(self.rows, columns=list(EVENT_COLUMNS))
-        frame = frame.sort_values("time_s", kind="stable", ignore_index=True)
-        frame["status"] = frame["status"].astype("Int64")
-        return frame
+        return events_frame(self.all_rows())
 
     def metrics(self) -> dict[str, float]:
         """This run's metrics (see the module docstring)."""
@@ -269,26 +266,39 @@ class Monitor:
             else:
                 censored += 1
         false_losses = sum(causes.values())
+        results = failures = 0
+        for a in self.attempts:
+            if a.kind == "heartbeat" and a.seen_s >= w0:
+                results += 1
+                if a.status == 412 and not a.timed_out:
+                    failures += 1
+        requests = len(self.requests_s) - bisect.bisect_left(self.requests_s, w0)
         metrics = {
             "lease_hours": hours,
             "false_losses_per_lease_hour": per_hour(false_losses),
             **{f"false_losses_{cause}_per_lease_hour": per_hour(n) for cause, n in causes.items()},
             "server_expiries_per_lease_hour": per_hour(expiries),
-            "precondition_failures_per_lease_hour": per_hour(self.precondition_failures),
-            "precondition_failure_rate": (
-                self.precondition_failures / self.heartbeat_results
-                if self.heartbeat_results
-                else _NAN
-            ),
+            "precondition_failures_per_lease_hour": per_hour(failures),
+            "precondition_failure_rate": failures / results if results else _NAN,
             "split_brain_seconds_per_lease_hour": per_hour(split_s),
             "double_holder_seconds_per_lease_hour": per_hour(double_s),
             "takeover_seconds_mean": sum(takeovers) / len(takeovers) if takeovers else _NAN,
             "takeover_seconds_max": max(takeovers) if takeovers else _NAN,
             "takeovers": float(len(takeovers)),
             "takeovers_censored": float(censored),
-            "requests_per_lease_second": self.requests / held_s if held_s > 0 else _NAN,
+            "requests_per_lease_second": requests / held_s if held_s > 0 else _NAN,
         }
         return metrics
+
+
+def events_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Event-log rows as a DataFrame ordered by ``time_s`` (ties keep row order)."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(rows, columns=list(EVENT_COLUMNS))
+    frame = frame.sort_values("time_s", kind="stable", ignore_index=True)
+    frame["status"] = frame["status"].astype("Int64")
+    return frame
 
 
 _OUTCOME_NAMES: dict[int, str] = {}

@@ -99,10 +99,12 @@ def inside(spans: tuple[list[float], list[float]], t: float) -> bool:
 class _Link:
     """One direction: delay, independent loss, Gilbert-Elliott state per worker."""
 
-    __slots__ = ("bad", "burst", "delay", "loss", "rng")
+    __slots__ = ("bad", "burst", "constant", "delay", "loss", "rng")
 
     def __init__(self, config: Direction, count: int, rng: random.Random) -> None:
         self.delay: Delay = parse_delay(config.delay)
+        # a constant delay needs no draw (and no call)
+        self.constant = self.delay.params[0] if self.delay.kind == "const" else None
         self.loss = config.loss
         self.burst = config.burst if config.burst is not None and config.burst.p_enter > 0 else None
         self.bad = [False] * count
@@ -121,7 +123,8 @@ class _Link:
                 loss = burst.loss_bad
         if loss and rng.random() < loss:
             return None
-        return self.delay.sample(rng)
+        constant = self.constant
+        return constant if constant is not None else self.delay.sample(rng)
 
 
 class _PendingFault:

@@ -7,11 +7,11 @@ import random
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ._engine import Engine
-from ._monitor import Monitor
+from ._monitor import Monitor, events_frame
 from ._network import NetworkFactory
 from ._scenario import Scenario
 
@@ -29,23 +29,42 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
 class RunResult:
-    """One run: its ``metrics`` (see :mod:`leasekit.sim`), the number of
-    heartbeat attempts sent, and the event log (:attr:`events`)."""
+    """One run: its ``metrics`` (see :mod:`leasekit.sim`), ``heartbeats_sent``
+    (attempts put on the wire), and the event log (:attr:`events`, built on
+    first use)."""
 
-    scenario: Scenario
-    seed: int
-    metrics: dict[str, float]
-    heartbeats_sent: int
-    rows: list[tuple[Any, ...]] = field(repr=False, default_factory=list)
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int,
+        metrics: dict[str, float],
+        heartbeats_sent: int,
+        *,
+        rows: list[tuple[Any, ...]] | None = None,
+        monitor: Monitor | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.metrics = metrics
+        self.heartbeats_sent = heartbeats_sent
+        self._rows = rows
+        self._monitor = monitor
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The event log's rows, unordered (see :data:`EVENT_COLUMNS`)."""
+        if self._rows is None:
+            self._rows = self._monitor.all_rows() if self._monitor is not None else []
+        return self._rows
 
     @property
     def events(self) -> pd.DataFrame:
         """The event log as a DataFrame (columns :data:`EVENT_COLUMNS`), by time."""
-        monitor = Monitor.__new__(Monitor)
-        monitor.rows = self.rows
-        return monitor.events()
+        return events_frame(self.rows)
+
+    def __repr__(self) -> str:
+        return f"RunResult({self.scenario.name!r}, seed={self.seed}, metrics={self.metrics!r})"
 
 
 def simulate(
@@ -63,7 +82,7 @@ def simulate(
     seed = scenario.seed if seed is None else seed
     engine = Engine(scenario, seed, network=network, progress=progress)
     monitor = engine.run()
-    return RunResult(scenario, seed, monitor.metrics(), monitor.heartbeats_sent, monitor.rows)
+    return RunResult(scenario, seed, monitor.metrics(), monitor.heartbeats_sent, monitor=monitor)
 
 
 def replication_seed(base_seed: int, index: int) -> int:
@@ -191,5 +210,5 @@ def replicate(
         metrics, sent, _ = outcomes[i]
         rows.append({"seed": s, "heartbeats_sent": sent, **metrics})
     metrics0, sent0, rows0 = outcomes[0]
-    first = RunResult(scenario, seeds[0], metrics0, sent0, rows0)
+    first = RunResult(scenario, seeds[0], metrics0, sent0, rows=rows0)
     return Replications(scenario, pd.DataFrame(rows), first)
