@@ -126,7 +126,7 @@ def test_the_installed_command_exits_2_on_a_bad_file(tmp_path: Path) -> None:
     assert f"{path}:1: not valid JSON" in done.stderr
 
 
-@pytest.mark.parametrize("ttl", ["0", "30,abc", "1.5"])
+@pytest.mark.parametrize("ttl", ["0", "30,abc", "1.5", "86401"])
 def test_bad_ttls_are_usage_errors(tmp_path: Path, ttl: str) -> None:
     path = _trace(tmp_path / "t.jsonl")
     with pytest.raises(SystemExit) as caught:

@@ -163,3 +163,5 @@ def test_ttls_must_be_whole_seconds(tmp_path: Path) -> None:
     rec.ok(0.0, 0.0)
     with pytest.raises(ValueError, match="whole seconds"):
         what_if_ttl(rec.attempts(), [1.5])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"in \[1, 86400\], got 86401"):
+        what_if_ttl(rec.attempts(), [86_401])

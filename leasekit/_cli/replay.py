@@ -27,9 +27,9 @@ def _ttls(text: str) -> list[int]:
     values: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
+        if not part.isdigit() or not 1 <= int(part) <= 86_400:
             raise argparse.ArgumentTypeError(
-                f"expected whole seconds >= 1 separated by commas, got {part!r}"
+                f"expected whole seconds from 1 to 86400 separated by commas, got {part!r}"
             )
         values.append(int(part))
     return values

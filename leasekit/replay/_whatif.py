@@ -45,7 +45,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from ..lease import LeaseConfig, LeaseRules, WorkRecord
+from ..lease import TTL_LIMITS_SECONDS, LeaseConfig, LeaseRules, WorkRecord
 from ..policy import Outcome
 from ..protocol import NO_HEARTBEAT, PreconditionFailed, parse_timestamp
 
@@ -192,6 +192,7 @@ def _count(rules: LeaseRules, renewals: Sequence[tuple[float, float]], last: flo
     then up to the arrival ``last`` of a final attempt that did not renew (or ``None``)."""
     count = 0
     for (start, _), (_, end) in itertools.pairwise(renewals):
+        # bound windows can overlap: an overlap is no gap, nothing to ask the rules
         if end > start and _expired(rules, start, end):
             count += 1
     if renewals and last is not None and last > renewals[-1][0]:
@@ -246,8 +247,15 @@ def what_if_ttl(attempts: pd.DataFrame, ttls: Sequence[int]) -> pd.DataFrame:
     unanswered = sum(len(w.unanswered_early) for w in windows)
     rows = []
     for ttl in ttls:
-        if isinstance(ttl, bool) or not isinstance(ttl, int | np.integer) or ttl < 1:
-            raise ValueError(f"ttls: expected whole seconds >= 1, got {ttl!r}")
+        low_limit, high_limit = TTL_LIMITS_SECONDS
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | np.integer)
+            or not low_limit <= ttl <= high_limit
+        ):
+            raise ValueError(
+                f"ttls: expected whole seconds in [{low_limit}, {high_limit}], got {ttl!r}"
+            )
         ttl = int(ttl)
         rules = LeaseRules(
             LeaseConfig(default_ttl_seconds=ttl, min_ttl_seconds=ttl, max_ttl_seconds=ttl)
