@@ -5,6 +5,7 @@ Every test runs against both stores (memory and a SQLite file).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,10 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from anthropic.types.beta.environments import BetaHeartbeatPreconditionFailedError
+from anthropic.types.beta.environments import (
+    BetaHeartbeatPreconditionFailedError,
+    BetaSelfHostedWorkHeartbeatResponse,
+)
 
 from leasekit.lease import LeaseConfig
 from leasekit.protocol import NO_HEARTBEAT
@@ -351,3 +355,27 @@ def assert_envelope(answer: httpx.Response, status: int, error_type: str, needle
     assert needle in body["error"]["message"], body
     assert body["request_id"].startswith("req_")
     assert answer.headers["request-id"] == body["request_id"]
+
+
+def test_async_sdk_concurrent_claims_have_one_winner(served: Served) -> None:
+    work_id = served.create()
+
+    async def race() -> list[object]:
+        client = anthropic.AsyncAnthropic(base_url=served.url, api_key=KEY, max_retries=0)
+        async with client:
+            work = client.beta.environments.work
+            return await asyncio.gather(
+                *(
+                    work.heartbeat(
+                        work_id, environment_id=ENV, expected_last_heartbeat=NO_HEARTBEAT
+                    )
+                    for _ in range(10)
+                ),
+                return_exceptions=True,
+            )
+
+    outcomes = asyncio.run(race())
+    won = [o for o in outcomes if isinstance(o, BetaSelfHostedWorkHeartbeatResponse)]
+    lost = [o for o in outcomes if isinstance(o, BetaHeartbeatPreconditionFailedError)]
+    assert len(won) == 1 and len(lost) == 9
+    assert all(e.details.current_state.last_heartbeat == won[0].last_heartbeat for e in lost)
