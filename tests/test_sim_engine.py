@@ -185,3 +185,35 @@ def test_replications_in_processes_equal_those_in_process() -> None:
     assert len(set(here.runs.seed)) == 3
     estimate = here.estimates()["requests_per_lease_second"]
     assert estimate.low < estimate.value < estimate.high
+
+
+class EveryThirdHeartbeatLost:
+    """A plugged-in network: fixed 20 ms each way, every third heartbeat request lost."""
+
+    def __init__(self, scenario: Scenario, streams: object) -> None:
+        self.heartbeats = 0
+        self.calls: list[tuple[str, str]] = []
+
+    def request_delay(self, worker: int, kind: str, sent_s: float) -> float | None:
+        self.calls.append(("request", kind))
+        if kind == "heartbeat":
+            self.heartbeats += 1
+            if self.heartbeats % 3 == 0:
+                return None
+        return 0.02
+
+    def answer_delay(self, worker: int, kind: str, sent_s: float) -> float | None:
+        self.calls.append(("answer", kind))
+        return 0.02
+
+
+def test_a_network_model_plugs_in_without_touching_the_engine() -> None:
+    scenario = one_worker("fixed:interval=10", 25, duration_s=300)
+    events = simulate(scenario, network=EveryThirdHeartbeatLost).events
+    beats = events[events.event == "heartbeat"]
+    lost = beats[beats.detail == "request"]
+    assert len(beats) >= 29 and len(lost) == len(beats) // 3
+    assert (beats.arrived_s - beats.sent_s).dropna().round(9).eq(0.02).all()
+    # one loss in three never leaves a 25 s gap with a beat every 10 s
+    ends = events[(events.event == "lease_end") & (events.detail != "running")]
+    assert ends.empty and (events.event == "expire").sum() == 0

@@ -431,7 +431,9 @@ class Engine:
         now_us = EPOCH_US + round(now * 1e6)
         attempt.processed_s = now
         kind = attempt.kind
-        self._acting = attempt.worker
+        worker = attempt.worker
+        # A request still in flight when its sender crashed acts for nobody alive.
+        self._acting = worker if attempt.gen == worker.gen else None
         if kind is _HEARTBEAT:
             try:
                 attempt.answer = self.book.heartbeat(
@@ -472,16 +474,17 @@ class Engine:
         if attempt.timed_out:
             return  # the worker stopped waiting; its timeout is scheduled
         worker = attempt.worker
-        delay = self._answer_delay(worker.index, attempt.kind, self.env._now)
+        now = self.env._now
+        delay = self._answer_delay(worker.index, attempt.kind, now)
         if delay is None:
             attempt.lost = "answer"
             attempt.timed_out = True
-            self._deliver(attempt, self._resume(worker, attempt.deadline_s), True)
+            self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
             return
-        answered_s = attempt.answered_s = self.env._now + delay
+        answered_s = attempt.answered_s = now + delay
         if answered_s >= attempt.deadline_s:
             attempt.timed_out = True
-            self._deliver(attempt, self._resume(worker, attempt.deadline_s), True)
+            self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
             return
         if worker.pause_starts:
             answered_s = self._resume(worker, answered_s)

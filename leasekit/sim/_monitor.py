@@ -138,7 +138,10 @@ class Monitor:
         worker = -1 if acting is None else acting.index
         if event is Event.CLAIM or event is Event.UNCONDITIONAL:
             tenure = Tenure(work_id, worker, at_s)
-            acting.tenure = tenure
+            if acting is not None:
+                acting.tenure = tenure
+            else:  # claimed by a request its crashed sender left in flight
+                tenure.holder_crashed_s = at_s
             self._live[work_id] = tenure
             self.tenures.append(tenure)
             self.claims.setdefault(work_id, []).append(at_s)
