@@ -24,8 +24,10 @@ fsync serves many heartbeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import logging
 import operator
 import queue
 import secrets
@@ -52,6 +54,7 @@ from ..protocol import ApiError, ErrorType, WorkList, WorkState
 from ._store import Json
 
 T = TypeVar("T")
+logger = logging.getLogger("leasekit.server")
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(WorkRecord))
 _KEY_FIELDS: Final = ("environment_id", "work_id")
@@ -96,7 +99,7 @@ _Job = tuple[_Work, Callable[[Any, "BaseException | None"], None], bool, int]
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
+    if future.done():
         return  # the request went away; its change (if any) is committed all the same
     if error is None:
         future.set_result(result)
@@ -211,7 +214,14 @@ class SqliteStore:
                     stopping = True
                     break
                 batch.append(more)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception:  # never let the writer thread die: every later job would hang
+                logger.exception("SQLite writer: unexpected error in a batch")
+                failure = ApiError(ErrorType.API, "storage error")
+                for _, done, _, _ in batch:
+                    with contextlib.suppress(Exception):  # some may have been answered
+                        done(None, failure)
         self._conn.close()
 
     def _run_batch(self, batch: list[_Job]) -> None:
@@ -298,7 +308,9 @@ class SqliteStore:
         future: asyncio.Future[T] = loop.create_future()
 
         def done(result: Any, error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_resolve, future, result, error)
+            # the loop may be gone at shutdown; the change is committed all the same
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future, result, error)
 
         self._jobs.put((fn, done, writes, arrival_us))
         return await future
