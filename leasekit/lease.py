@@ -362,7 +362,11 @@ class LeaseRules:
         # Settle first: an expiry resets the TTL to the default, and a new
         # holder without a desired TTL must get that, not the old holder's.
         self.settle(record, now_us)
-        ttl_seconds = self.resolve_ttl(desired_ttl_seconds, record.ttl_seconds)
+        ttl_seconds = (
+            record.ttl_seconds
+            if desired_ttl_seconds is None
+            else self.resolve_ttl(desired_ttl_seconds, record.ttl_seconds)
+        )
         if expected_last_heartbeat is None:
             event = Event.UNCONDITIONAL
         elif expected_last_heartbeat == NO_HEARTBEAT:
@@ -662,11 +666,16 @@ class LeaseBook:
         desired_ttl_seconds: int | None = None,
     ) -> HeartbeatAnswer:
         """See :meth:`LeaseRules.heartbeat`."""
+        # The hot path of a server (and of the simulator): record() and
+        # _track_deadline() inlined, the environment looked up once.
         env = self._env(environment_id)
-        record = self.record(environment_id, work_id, now_us)
+        record = env.records.get(work_id)
+        if record is None:
+            raise ApiError(ErrorType.NOT_FOUND, f"work item {work_id!r} not found")
+        self._settle(env, record, now_us)
         answer = self.rules.heartbeat(record, now_us, expected_last_heartbeat, desired_ttl_seconds)
-        if answer.lease_extended:
-            self._track_deadline(env, record)
+        if answer.lease_extended and record.deadline_us is not None:
+            heapq.heappush(env.deadlines, (record.deadline_us, work_id))
         return answer
 
     def stop(self, environment_id: str, work_id: str, now_us: int, *, force: bool) -> WorkRecord:
