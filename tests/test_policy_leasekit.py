@@ -7,10 +7,13 @@ answer), with a competing worker polling for the same item.
 
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from policy_support import TRIP_S, Play, ok
 
 from leasekit.lease import LeaseBook, LeaseConfig
@@ -26,7 +29,13 @@ from leasekit.policy import (
     Stop,
     make_policy,
 )
-from leasekit.protocol import NO_HEARTBEAT, LeaseState, PreconditionFailed, WorkState
+from leasekit.protocol import (
+    NO_HEARTBEAT,
+    HeartbeatAnswer,
+    LeaseState,
+    PreconditionFailed,
+    WorkState,
+)
 
 RHO = 1e-4
 
@@ -459,3 +468,147 @@ def test_make_policy_bad_spec_is_a_value_error_naming_the_part(spec: str, names:
     with pytest.raises(ValueError) as caught:
         make_policy(spec)
     assert names in str(caught.value)
+
+
+# ----------------------------------------------------------------- part C as a property
+
+SAFETY = {"runs": 0, "adoptions": 0, "rival_claims": 0, "beliefs_checked": 0}
+SAFETY_CONFIG = LeaseConfig(default_ttl_seconds=10, min_ttl_seconds=5, max_ttl_seconds=60)
+
+delays_s = st.one_of(st.floats(0.0, 0.3), st.floats(0.3, 4.0))
+networks = st.tuples(delays_s, delays_s, st.integers(0, 9), st.integers(0, 9))
+"""Per attempt: request delay, answer delay, request lost if 0, answer lost if 0."""
+
+
+def _safety_run(policy: HeartbeatPolicy, data: st.DataObject, until_s: float = 90.0) -> None:
+    """A worker runs ``policy`` over a random network; a rival polls every second
+    (reclaim 0), claims what it gets, and renews every two seconds.
+
+    Checked at every event: whenever the policy believes it holds the lease
+    (``held`` and before its local ``deadline``), the server stores a value
+    the policy wrote and the server's own deadline is not earlier. Every
+    adopted value was written by the policy.
+    """
+    book = LeaseBook(SAFETY_CONFIG)
+    book.add_environment(ENV)
+    work_id = book.enqueue(ENV, T0).work_id
+    writer: dict[str, str] = {}
+
+    def at_us(seconds: float) -> int:
+        return T0 + round(seconds * US)
+
+    def beat(who: str, t: float, expected: str, ttl: int | None) -> HeartbeatAnswer:
+        answer = book.heartbeat(ENV, work_id, at_us(t), expected, ttl)
+        if answer.lease_extended:
+            writer[answer.last_heartbeat] = who
+        return answer
+
+    events: list[tuple[float, int, str, object]] = []
+    order = iter(range(10**9))
+
+    def schedule(t: float, kind: str, payload: object = None) -> None:
+        heapq.heappush(events, (t, next(order), kind, payload))
+
+    action = policy.start(0.0)
+    assert isinstance(action, Send)
+    schedule(action.at, "send", action)
+    schedule(0.5, "rival", None)
+    rival_value: str | None = None
+    adoptions = 0
+    while events:
+        t, _, kind, payload = heapq.heappop(events)
+        if t > until_s:
+            break
+        if kind == "send":
+            send = payload
+            assert isinstance(send, Send)
+            d_req, d_ans, lose_req, lose_ans = data.draw(networks)
+            timeout_at = send.at + send.timeout_s
+            if lose_req == 0:
+                schedule(timeout_at, "result", Result(Outcome.TIMEOUT, send.at, timeout_at))
+            else:
+                schedule(send.at + d_req, "arrive", (send, d_ans, lose_ans == 0))
+        elif kind == "arrive":
+            send, d_ans, answer_lost = payload  # type: ignore[misc]
+            try:
+                answer = beat("policy", t, send.expected_last_heartbeat, send.desired_ttl_seconds)
+                result = Result(Outcome.OK, send.at, t + d_ans, answer=answer)
+            except PreconditionFailed as refused:
+                result = Result(
+                    Outcome.PRECONDITION_FAILED,
+                    send.at,
+                    t + d_ans,
+                    current_state=refused.current_state,
+                )
+            timeout_at = send.at + send.timeout_s
+            if answer_lost or result.received_at > timeout_at:
+                result = Result(Outcome.TIMEOUT, send.at, timeout_at)
+            schedule(result.received_at, "result", result)
+        elif kind == "result":
+            assert isinstance(payload, Result)
+            action = policy.observe(payload)
+            if isinstance(policy, LeasekitPolicy) and policy.adoptions > adoptions:
+                adoptions = policy.adoptions
+                assert writer.get(policy.last_heartbeat) == "policy", "adopted a foreign value"
+            if isinstance(action, Send):
+                schedule(action.at, "send", action)
+        else:  # the rival
+            try:
+                if rival_value is None:
+                    if book.poll(ENV, at_us(t), worker_id="rival", reclaim_older_than_ms=0):
+                        book.ack(ENV, work_id, at_us(t))
+                        rival_value = beat("rival", t, NO_HEARTBEAT, None).last_heartbeat
+                        SAFETY["rival_claims"] += 1
+                else:
+                    rival_value = beat("rival", t, rival_value, None).last_heartbeat
+            except PreconditionFailed:
+                rival_value = None
+            schedule(t + (1.0 if rival_value is None else 2.0), "rival", None)
+        deadline = policy.deadline
+        if policy.held and deadline is not None and t < deadline:
+            SAFETY["beliefs_checked"] += 1
+            record = book.record(ENV, work_id, at_us(t))
+            assert record.state is WorkState.ACTIVE, f"believes at {t:.3f} s, server {record.state}"
+            assert writer.get(record.last_heartbeat or "") == "policy", "believes a rival's lease"
+            assert record.deadline_us is not None and record.deadline_us >= at_us(deadline)
+    SAFETY["runs"] += 1
+    SAFETY["adoptions"] += adoptions
+
+
+def test_leasekit_policy_never_believes_in_a_lease_the_server_gave_away() -> None:
+    before = dict(SAFETY)
+
+    @given(data=st.data(), seed=st.integers(0, 2**16))
+    @settings(max_examples=150, deadline=None)
+    def run(data: st.DataObject, seed: int) -> None:
+        _safety_run(LeasekitPolicy(ttl_seconds=10, rng=random.Random(seed)), data)
+
+    run()
+    ran = {key: SAFETY[key] - before[key] for key in SAFETY}
+    print(f"\npart C property: {ran}")
+    # the property was exercised: leases were lost to the rival, and 412s adopted
+    assert ran["runs"] >= 100 and ran["rival_claims"] > 0 and ran["adoptions"] > 0
+
+
+@pytest.mark.parametrize("answer_trip_s", [0.0, 0.5, 2.0])
+def test_local_deadline_is_never_after_the_servers_and_the_sdks_is_by_the_answer_trip(
+    answer_trip_s: float,
+) -> None:
+    """Part C's first argument on a real LeaseBook: one claim, a slow answer."""
+    for policy in (LeasekitPolicy(rng=random.Random(1)), SdkPolicy(rng=random.Random(1))):
+        book = LeaseBook(SAFETY_CONFIG)
+        book.add_environment(ENV)
+        work_id = book.enqueue(ENV, T0).work_id
+        send = policy.start(0.0)
+        assert isinstance(send, Send)
+        processed = send.at + 0.25
+        answer = book.heartbeat(
+            ENV, work_id, T0 + round(processed * US), NO_HEARTBEAT, send.desired_ttl_seconds
+        )
+        policy.observe(Result(Outcome.OK, send.at, processed + answer_trip_s, answer=answer))
+        server_deadline_s = (book.record(ENV, work_id, T0).deadline_us or 0) / US - T0 / US
+        assert policy.deadline is not None
+        if isinstance(policy, LeasekitPolicy):
+            assert policy.deadline <= server_deadline_s
+        else:  # the SDK believes for the answer's trip past the server's deadline
+            assert policy.deadline == pytest.approx(server_deadline_s + answer_trip_s)
