@@ -217,3 +217,81 @@ def test_a_network_model_plugs_in_without_touching_the_engine() -> None:
     # one loss in three never leaves a 25 s gap with a beat every 10 s
     ends = events[(events.event == "lease_end") & (events.detail != "running")]
     assert ends.empty and (events.event == "expire").sum() == 0
+
+
+def test_an_overloaded_server_answers_529_and_the_sdk_retries_inside_the_attempt() -> None:
+    scenario = Scenario(
+        name="overload",
+        duration_s=600,
+        seed=4,
+        workers=Workers(count=30, policy="sdk"),
+        server=Server(
+            default_ttl_seconds=10,
+            min_ttl_seconds=10,
+            max_ttl_seconds=10,
+            processing="const:0.2",
+            capacity=1,
+            queue_limit=3,
+        ),
+    )
+    events = simulate(scenario).events
+    beats = events[events.event == "heartbeat"]
+    overloaded = beats[beats.status == 529]
+    assert len(overloaded) > 50
+    assert set(overloaded.outcome) <= {"transient", "timeout"}
+    assert (overloaded.processed_s == overloaded.arrived_s).all()  # refused on arrival
+    served = beats[beats.status == 200]
+    assert (served.processed_s - served.arrived_s >= 0.2 - 1e-9).all()  # queue + service
+    # The SDK's HTTP client retries a 529 after 0.5 s * 2**n (jittered) inside
+    # the attempt, not one interval (5 s) later.
+    beats = beats.sort_values("sent_s")
+    next_sent = beats.groupby("worker").sent_s.shift(-1)
+    refused = (beats.status == 529) & (beats.outcome == "transient")
+    gaps = (next_sent - beats.seen_s)[refused].dropna()
+    assert len(gaps) > 50
+    assert gaps.min() >= 0.375 and gaps.median() < 2.1
+
+
+def test_gilbert_elliott_losses_come_in_bursts() -> None:
+    from leasekit.sim import ScenarioNetwork, Streams
+
+    scenario = Scenario(
+        workers=Workers(count=1),
+        network=Network(request=Direction(loss=0.0, burst=Burst(p_enter=0.02, p_exit=0.25))),
+    )
+    network = ScenarioNetwork(scenario, Streams(8))
+    lost = [network.request_delay(0, "heartbeat", i) is None for i in range(100_000)]
+    runs = []
+    length = 0
+    for flag in lost:
+        if flag:
+            length += 1
+        elif length:
+            runs.append(length)
+            length = 0
+    mean_run = sum(runs) / len(runs)
+    assert mean_run == pytest.approx(1 / 0.25, rel=0.1)  # geometric bursts, mean 1 / p_exit
+    stationary = 0.02 / (0.02 + 0.25)
+    assert sum(lost) / len(lost) == pytest.approx(stationary, rel=0.1)
+
+
+def test_a_pause_longer_than_the_ttl_expires_the_lease_and_timers_fire_late() -> None:
+    scenario = Scenario(
+        name="pause",
+        duration_s=400,
+        seed=6,
+        workers=Workers(
+            count=1,
+            policy="sdk",
+            start_spread_s=0,
+            pauses=Pauses(schedule=(Window(start_s=100, duration_s=70),)),
+        ),
+        server=Server(default_ttl_seconds=60, min_ttl_seconds=60, max_ttl_seconds=60),
+    )
+    events = simulate(scenario).events
+    beats = events[events.event == "heartbeat"]
+    assert not ((beats.sent_s > 100) & (beats.sent_s < 170)).any()  # nothing sent while paused
+    assert ((beats.sent_s - 170).abs() < 1e-3).any()  # the due beat goes out when it resumes
+    assert (events.event == "expire").sum() == 1
+    ends = events[(events.event == "lease_end") & (events.detail != "running")]
+    assert ends.detail.tolist() == ["lost"]
