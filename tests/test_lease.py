@@ -577,6 +577,10 @@ def test_metadata_merge_may_not_exceed_64_keys_in_total(book: LeaseBook) -> None
 def test_enqueue_validates_metadata_and_refuses_a_duplicate_id(book: LeaseBook) -> None:
     with pytest.raises(ApiError, match=r"metadata\.k"):
         book.enqueue(ENV, T0, metadata={"k": 1})  # type: ignore[dict-item]
+    # null deletes a key in an update; a new item has no key to delete
+    with pytest.raises(ApiError, match=r"metadata\.k: expected a string") as caught:
+        book.enqueue(ENV, T0, metadata={"k": None})  # type: ignore[dict-item]
+    assert caught.value.status == 400 and not list(book.records(ENV))
     book.enqueue(ENV, T0, work_id="work_x")
     _conflict_409(lambda: book.enqueue(ENV, T0, work_id="work_x"))
 
