@@ -454,8 +454,12 @@ class LeaseRules:
         record.version += 1
 
 
-def validate_metadata(patch: object, *, where: str) -> None:
-    """Check a metadata object's shape and size; raises 400 naming the key."""
+def validate_metadata(patch: object, *, where: str, allow_null: bool = True) -> None:
+    """Check a metadata object's shape and size; raises 400 naming the key.
+
+    ``allow_null``: a ``None`` value is allowed (an update deletes that key);
+    pass ``False`` for the metadata of a new item, which has nothing to delete.
+    """
     if not isinstance(patch, Mapping):
         raise ApiError(ErrorType.INVALID_REQUEST, f"{where}: expected an object")
     if len(patch) > MAX_METADATA_KEYS:
@@ -466,6 +470,8 @@ def validate_metadata(patch: object, *, where: str) -> None:
                 ErrorType.INVALID_REQUEST,
                 f"{where}: keys must be 1 to {MAX_METADATA_KEY_CHARS} characters, got {key!r:.80}",
             )
+        if value is None and not allow_null:
+            raise ApiError(ErrorType.INVALID_REQUEST, f"{where}.{key}: expected a string")
         if value is not None and not isinstance(value, str):
             raise ApiError(ErrorType.INVALID_REQUEST, f"{where}.{key}: expected a string or null")
         if value is not None and len(value) > MAX_METADATA_VALUE_CHARS:
@@ -586,7 +592,7 @@ class LeaseBook:
         items from sessions)."""
         env = self._env(environment_id)
         if metadata is not None:
-            validate_metadata(metadata, where="metadata")
+            validate_metadata(metadata, where="metadata", allow_null=False)
         work_id = work_id or self._work_ids()
         if work_id in env.records:
             raise ApiError(ErrorType.CONFLICT, f"work item {work_id!r} already exists")
