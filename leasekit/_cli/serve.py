@@ -67,7 +67,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--ttl", type=int, default=90, help="default lease TTL, seconds (90)")
     parser.add_argument("--min-ttl", type=int, default=5, help="smallest TTL granted, seconds (5)")
-    parser.add_argument("--max-ttl", type=int, default=3600, help="largest TTL granted, seconds")
+    parser.add_argument(
+        "--max-ttl", type=int, default=3600, help="largest TTL granted, seconds (3600)"
+    )
     parser.add_argument(
         "--key",
         action="append",
@@ -90,11 +92,29 @@ def register(subparsers: Any) -> None:
     faults.add_argument(
         "--latency", type=_delay_spec, metavar="SPEC", help="added delay, e.g. exp:0.05, seconds"
     )
-    faults.add_argument("--drop-request", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--drop-answer", type=_probability, default=0.0, metavar="P")
-    faults.add_argument("--error-rate", type=_probability, default=0.0, metavar="P")
+    faults.add_argument(
+        "--drop-request",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="probability that a request is not processed and never answered",
+    )
+    faults.add_argument(
+        "--drop-answer",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="probability that a request is processed and committed, but never answered",
+    )
+    faults.add_argument(
+        "--error-rate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="probability of a 500 or 529 answer without processing",
+    )
     faults.add_argument("--fault-seed", type=int, metavar="N", help="seed of the fault draws")
-    faults.add_argument("--faults-on-all-calls", action="store_true")
+    faults.add_argument("--faults-on-all-calls", action="store_true", help="not only heartbeats")
     parser.add_argument("--access-log", action="store_true", help="log every request line")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
