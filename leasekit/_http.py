@@ -11,8 +11,9 @@ import json
 import socket
 import uuid
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import httpx
 
@@ -85,6 +86,12 @@ def _error_from(status: int, content: bytes, reason: str = "") -> StatusError:
 
 def _path(*parts: str) -> str:
     return "/".join(quote(part, safe="") for part in parts)
+
+
+@lru_cache(maxsize=65_536)
+def _heartbeat_path(environment_id: str, work_id: str) -> str:
+    # cached: a lease renews the same path thousands of times
+    return f"/v1/environments/{_path(environment_id)}/work/{_path(work_id)}/heartbeat"
 
 
 class LeaseClient:
@@ -216,13 +223,16 @@ class LeaseClient:
         sends them; ``desired_ttl_seconds`` is left out when ``None``.
         Raises :class:`PreconditionFailed` on 412.
         """
-        params = {"expected_last_heartbeat": expected_last_heartbeat}
-        if desired_ttl_seconds is not None:
-            params["desired_ttl_seconds"] = str(desired_ttl_seconds)
-        path = f"/v1/environments/{_path(environment_id)}/work/{_path(work_id)}/heartbeat"
+        path = _heartbeat_path(environment_id, work_id)
         if self._wire is not None:
-            status, content = await self._wire.post(f"{path}?{urlencode(params)}")
+            query = "?expected_last_heartbeat=" + quote(expected_last_heartbeat, safe="")
+            if desired_ttl_seconds is not None:
+                query += f"&desired_ttl_seconds={int(desired_ttl_seconds)}"
+            status, content = await self._wire.post(path + query)
         else:
+            params = {"expected_last_heartbeat": expected_last_heartbeat}
+            if desired_ttl_seconds is not None:
+                params["desired_ttl_seconds"] = str(desired_ttl_seconds)
             response = await self._http.request(
                 "POST", self.base_url + path, params=params, headers=self._headers
             )

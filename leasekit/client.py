@@ -21,6 +21,7 @@ Runs on asyncio and on trio, and in Jupyter with top-level ``await``::
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -124,9 +125,16 @@ def hold_lease_sync(
     use ``await hold_for(...)`` instead; this raises :class:`RuntimeError`.
     """
     try:
-        library = sniffio.current_async_library()
+        library: str | None = sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         library = None
+    if library is None:
+        # a Jupyter cell runs inside the kernel's running asyncio loop, outside any task
+        try:
+            asyncio.get_running_loop()
+            library = "asyncio"
+        except RuntimeError:
+            pass
     if library is not None:
         raise RuntimeError(
             f"hold_lease_sync() cannot run inside a running {library} event loop "

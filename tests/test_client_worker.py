@@ -142,3 +142,34 @@ def test_hold_lease_sync_for_scripts(tmp_path: Path) -> None:
 async def test_hold_lease_sync_refuses_a_running_loop(anyio_backend: str) -> None:
     with pytest.raises(RuntimeError, match="await hold_for"):
         hold_lease_sync("http://127.0.0.1:9", KEY, ENV, duration_s=1)
+
+
+def test_the_client_works_in_jupyter_with_top_level_await(tmp_path: Path) -> None:
+    import nbclient
+    import nbformat
+
+    cells = [
+        "from leasekit.lease import LeaseConfig\n"
+        "from leasekit.server import create_app, running_server\n"
+        "app = create_app(keys={'env_1': 'key_1'}, seed_work={'env_1': 1},\n"
+        "                 config=LeaseConfig(default_ttl_seconds=2, min_ttl_seconds=1))\n"
+        "serving = running_server(app)\n"
+        "url = serving.__enter__()",
+        "from leasekit.client import LeaseClient, hold_for, hold_lease_sync\n"
+        "from leasekit.policy import SdkPolicy\n"
+        "async with LeaseClient(url, 'key_1') as client:\n"
+        "    lease = await hold_for(client, 'env_1', duration_s=1.5, policy=SdkPolicy())\n"
+        "print('ended:', lease.end_reason, 'heartbeats:', lease.attempts)",
+        "try:\n"
+        "    hold_lease_sync(url, 'key_1', 'env_1', duration_s=1)\n"
+        "except RuntimeError as error:\n"
+        "    print('refused:', error)",
+        "serving.__exit__(None, None, None)",
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3").execute()
+    out = "".join(
+        output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
+    )
+    assert "ended: None heartbeats:" in out  # held to the end
+    assert "refused: hold_lease_sync() cannot run inside a running asyncio event loop" in out
