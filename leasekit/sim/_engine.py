@@ -379,6 +379,8 @@ class Engine:
             if at < worker.next_crash_s and at < self._end_s:
                 self._end_lease(worker, at, "assumed_lost")
             return
+        if at >= worker.next_crash_s or at >= self._end_s:
+            return  # dead by then (its crash event takes over), or after the run
         timeout_s = send.timeout_s
         if limit - at < timeout_s:
             timeout_s = limit - at
@@ -386,7 +388,21 @@ class Engine:
         attempt.expected = send.expected_last_heartbeat
         attempt.desired = send.desired_ttl_seconds
         attempt.number = send.attempt
-        self._send(attempt)
+        # _send() inlined: this is once per heartbeat
+        self._heartbeats_sent += 1
+        delay = self._request_delay(worker.index, _HEARTBEAT, at)
+        if delay is None:
+            attempt.lost = "request"
+            attempt.timed_out = True
+            self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
+            return
+        arrived_s = attempt.arrived_s = at + delay
+        if arrived_s >= attempt.deadline_s:
+            attempt.timed_out = True
+            self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
+        attempt.callbacks = self._first_stage
+        delay = arrived_s - self.env._now
+        self._schedule(attempt, _NORMAL, delay if delay > 0 else 0.0)
 
     def _poll(self, worker: _Worker, at: float) -> None:
         worker.work_id = ""
