@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -388,3 +389,40 @@ async def test_a_second_worker_claiming_after_expiry_ends_the_first_lease(
         assert last.outcome is Outcome.PRECONDITION_FAILED and last.current_state is not None
         assert last.current_state.state is WorkState.ACTIVE
         assert last.current_state.last_heartbeat == claimed[0]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LEASEKIT_SLOW_TESTS"), reason="takes 90 s; set LEASEKIT_SLOW_TESTS=1"
+)
+@pytest.mark.timeout(240)
+async def test_with_a_long_ttl_the_sdk_policy_meets_a_412_after_a_lost_answer() -> None:
+    # TTL 61 s > two intervals of 30 s: the timed-out attempt does not end the
+    # lease; the next attempt echoes the stale value and meets the 412 its
+    # own applied heartbeat caused
+    with serve(default_ttl_seconds=61, seed_work=1) as own:
+        async with LeaseClient(own.url, KEY) as client:
+            work_id = await _claimable(client)
+            events: list[LeaseEvent] = []
+
+            def on_event(event: LeaseEvent) -> None:
+                events.append(event)
+                if len(events) == 1:
+                    own.queue("drop_answer")
+
+            # the policy as the official worker runs it: the keeper's own
+            # deadline rule would end it at the TTL, before the stale echo
+            async with keep_lease(
+                client,
+                ENV,
+                work_id,
+                policy=SdkPolicy(),
+                on_event=on_event,
+                enforce_deadline=False,
+            ) as lease:
+                await anyio.sleep_forever()
+    outcomes = [e.result.outcome for e in events if e.result is not None]
+    assert outcomes == [Outcome.OK, Outcome.TIMEOUT, Outcome.PRECONDITION_FAILED]
+    assert lease.end_reason is EndReason.LOST
+    last = events[-2].result
+    assert last is not None and last.current_state is not None
+    assert last.current_state.state is WorkState.ACTIVE  # nobody else holds it
