@@ -291,6 +291,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--leases", type=int, default=10_000)
     parser.add_argument("--ttl", type=int, default=45, help="lease TTL asked, seconds")
-    parser.add_argument("--seconds", type=float, default=15.0, help="measured time per phase")
+    parser.add_argument("--seconds", type=float, default=12.0, help="measured time per phase")
     parser.add_argument("--seed", type=int, default=1)
     asyncio.run(main(parser.parse_args()))
