@@ -86,6 +86,20 @@ def test_uses_the_granted_ttl_not_the_asked_one() -> None:
     assert play.policy.deadline == pytest.approx(1000.0 + 60 * (1 - RHO))
 
 
+@pytest.mark.parametrize(
+    ("beat_fraction", "jitter_fraction"), [(0.95, 0.1), (0.91, 0.1), (0.99, 0.02)]
+)
+def test_refuses_a_schedule_whose_beat_could_fall_after_the_local_deadline(
+    beat_fraction: float, jitter_fraction: float
+) -> None:
+    """Otherwise some beats land past the deadline and the lease is given up at once."""
+    with pytest.raises(ValueError, match="beat_fraction"):
+        LeasekitPolicy(beat_fraction=beat_fraction, jitter_fraction=jitter_fraction)
+    with pytest.raises(ValueError, match="beat_fraction"):
+        make_policy(f"leasekit:beat_fraction={beat_fraction},jitter_fraction={jitter_fraction}")
+    LeasekitPolicy(beat_fraction=0.5, jitter_fraction=0.5)  # 0.75 of the TTL at most: fine
+
+
 # ----------------------------------------------------------------- retries and timeouts
 
 
