@@ -362,6 +362,13 @@ class LeasekitPolicy(HeartbeatPolicy):
             raise ValueError(f"jitter_fraction must be in [0, 1), got {jitter_fraction}")
         if not 0 <= clock_drift < 0.1:
             raise ValueError(f"clock_drift must be in [0, 0.1), got {clock_drift}")
+        if beat_fraction * (1 + jitter_fraction) >= 1 - clock_drift:
+            # a beat jittered late would be due after the local deadline: the
+            # policy would give the lease up right after a healthy renewal
+            raise ValueError(
+                f"beat_fraction * (1 + jitter_fraction) must be below 1 - clock_drift, got "
+                f"{beat_fraction} * (1 + {jitter_fraction})"
+            )
         if retry_initial_s <= 0 or retry_max_s < retry_initial_s:
             raise ValueError("need 0 < retry_initial_s <= retry_max_s")
         if attempt_timeout_s is not None and attempt_timeout_s <= 0:
