@@ -151,6 +151,18 @@ class LeaseBookMachine(RuleBasedStateMachine):
         got = self.book.poll(ENV, now, worker_id=worker, reclaim_older_than_ms=reclaim_ms)
         if not available:
             assert got is None
+            # the long poll sleeps until next_due_us: it may be early, never late
+            due = self.book.next_due_us(ENV, reclaim_ms)
+            coming = []
+            for work_id in self.items:
+                record = self.book.record(ENV, work_id, now)
+                if record.state is WorkState.QUEUED and record.handed_out_at_us is not None:
+                    coming.append(record.handed_out_at_us + reclaim_ms * 1_000)
+                elif record.state in (WorkState.STARTING, WorkState.ACTIVE):
+                    assert record.deadline_us is not None
+                    coming.append(record.deadline_us + 1)  # expires into the queue
+            if coming:
+                assert due is not None and due <= min(coming), "next_due_us is late"
             return
         oldest = min(available, key=lambda r: r.seq)
         assert got is oldest, "a poll hands out the oldest available item, if any"
