@@ -1,13 +1,13 @@
 """The lease keeper: drives a :mod:`leasekit.policy` policy over real HTTP.
 
 The driver contract of :mod:`leasekit.policy` is followed to the letter:
-sleep until ``Send.at``, send with the ``Send``'s echo and TTL, give up
-after ``Send.timeout_s``, report a ``Result`` with the real send and receive
-times on ``time.monotonic()``. The keeper adds one rule of its own, the one
-every holder needs: it never believes in the lease past the policy's local
-``deadline``. A wait or an attempt that would run past it is cut there,
-reported to the policy as a timeout, and the lease ends as ``assumed_lost``
-if the policy does not stop by itself.
+sleep until ``policy.due(send)``, let ``policy.sending`` bound the attempt,
+send with the ``Send``'s echo and TTL, give up after ``Send.timeout_s``,
+report a ``Result`` with the real send and receive times on
+``time.monotonic()``. The keeper imposes the policy layer's local-deadline
+rule on every policy by default (``enforce_deadline``): a holder never
+believes in the lease past the policy's ``deadline``; the rule itself lives
+in :class:`~leasekit.policy.HeartbeatPolicy`, shared with the simulator.
 
 One lease costs one task (:func:`hold_lease`), or two with a body
 (:func:`keep_lease`): 10,000 leases fit on one event loop.
@@ -232,34 +232,26 @@ class Lease:
             return Result(Outcome.OK, sent_at, _now(), answer=answer, status=200)
         return Result(Outcome.TIMEOUT, sent_at, _now())
 
-    def _limit(self) -> float:
-        deadline = self.policy.deadline
-        if deadline is None or not self.claimed or not self.enforce_deadline:
-            return math.inf
-        return deadline
-
     async def run(self) -> Lease:
-        """Heartbeat until the policy stops or the local deadline passes.
+        """Heartbeat until the policy stops (the local deadline included).
 
         Returns the lease with ``end_reason`` set. If cancelled, the lease
         ends as released (``end_reason`` ``None``) unless it had already ended.
         """
         policy = self.policy
         trace = self.trace
+        enforce = self.enforce_deadline
         try:
             action: Send | Stop = policy.start(_now())
             while isinstance(action, Send):
-                limit = self._limit()
-                wake = min(action.at, limit)
-                delay = wake - _now()
+                delay = policy.due(action, enforce_deadline=enforce) - _now()
                 if delay > 0:
                     await anyio.sleep(delay)
                 sent_at = _now()
-                if sent_at >= limit:
+                action = policy.sending(action, sent_at, enforce_deadline=enforce)
+                if isinstance(action, Stop):
                     break
-                result = await self._attempt(
-                    action, sent_at, min(action.timeout_s, limit - sent_at)
-                )
+                result = await self._attempt(action, sent_at, action.timeout_s)
                 self._finished_attempts += 1
                 if result.outcome is Outcome.OK:
                     assert result.answer is not None
@@ -279,15 +271,7 @@ class Lease:
                     )
                 self._emit(LeaseEvent("heartbeat", result.received_at, action, result))
                 action = policy.observe(result)
-                if isinstance(action, Send) and _now() >= self._limit():
-                    break
-            if isinstance(action, Stop):
-                self._finish(action.reason, action.detail)
-            else:
-                self._finish(
-                    EndReason.ASSUMED_LOST,
-                    "the local lease deadline passed without a successful heartbeat",
-                )
+            self._finish(action.reason, action.detail)
         finally:
             # cancelled from outside (the holder is done): released, not lost
             self._finish(None, "released by the holder")

@@ -5,11 +5,18 @@ the simulator, a test) runs it like this::
 
     action = policy.start(now)
     while isinstance(action, Send):
-        ...wait until action.at, send a heartbeat with
-           action.expected_last_heartbeat / action.desired_ttl_seconds,
-           giving up after action.timeout_s...
+        ...wait until policy.due(action)...
+        action = policy.sending(action, now)   # a late driver may get a Stop
+        if isinstance(action, Stop):
+            break
+        ...send a heartbeat with action.expected_last_heartbeat and
+           action.desired_ttl_seconds, giving up after action.timeout_s...
         action = policy.observe(Result(...what happened, with its times...))
     print(action.reason)            # a Stop
+
+:meth:`HeartbeatPolicy.due` and :meth:`HeartbeatPolicy.sending` carry the
+local-deadline rule (never believe in a lease past the policy's
+``deadline``), so that every driver applies it the same way.
 
 Times are seconds on the driver's monotonic clock (``time.monotonic()``
 for a real client, ``env.now`` in the simulator). A driver must report the
@@ -164,6 +171,53 @@ class HeartbeatPolicy:
     def parameters(self) -> dict[str, Any]:
         """The policy's parameters, for trace headers and scenario files."""
         return {}
+
+    # The local-deadline rule, for drivers. A policy whose class sets
+    # ``local_deadline_rule`` keeps it always; a driver may impose it on any
+    # other policy with ``enforce_deadline=True`` (leasekit's keeper does, the
+    # simulated official worker does not). Written once here so that the
+    # client and the simulator apply the very same rule.
+
+    local_deadline_rule: bool = False
+    """True when the policy itself never believes in the lease past ``deadline``."""
+
+    def limit(self, *, enforce_deadline: bool = False) -> float:
+        """The local time (monotonic seconds) past which the holder must not
+        believe in the lease: ``deadline`` while the rule applies and a lease
+        is held, else ``inf``."""
+        deadline = self.deadline
+        if deadline is None or not self.held:
+            return math.inf
+        if enforce_deadline or self.local_deadline_rule:
+            return deadline
+        return math.inf
+
+    def due(self, send: Send, *, enforce_deadline: bool = False) -> float:
+        """When a driver must act on ``send``: ``send.at``, or the local deadline
+        if that comes first (then :meth:`sending` ends the lease)."""
+        limit = self.limit(enforce_deadline=enforce_deadline)
+        return send.at if send.at < limit else limit
+
+    def sending(self, send: Send, now: float, *, enforce_deadline: bool = False) -> Action:
+        """A driver is about to send ``send`` at ``now`` (maybe late: a busy
+        event loop, a paused process). Returns the ``Send`` to use, its
+        timeout cut so the attempt ends by the local deadline, or a
+        ``Stop`` (assumed lost) when the deadline has already passed."""
+        limit = self.limit(enforce_deadline=enforce_deadline)
+        if now >= limit:
+            return self._stop(
+                EndReason.ASSUMED_LOST,
+                "the local lease deadline passed without a successful heartbeat",
+            )
+        if now + send.timeout_s > limit:
+            return Send(
+                send.at,
+                limit - now,
+                send.expected_last_heartbeat,
+                send.desired_ttl_seconds,
+                send.attempt,
+            )
+        return send
 
     def _send(self, at: float, timeout_s: float, desired_ttl: int | None = None) -> Send:
         self.attempts += 1
@@ -341,6 +395,7 @@ class LeasekitPolicy(HeartbeatPolicy):
     """
 
     name = "leasekit"
+    local_deadline_rule = True
 
     def __init__(
         self,

@@ -653,3 +653,45 @@ def test_local_deadline_is_never_after_the_servers_and_the_sdks_is_by_the_answer
             assert policy.deadline <= server_deadline_s
         else:  # the SDK believes for the answer's trip past the server's deadline
             assert policy.deadline == pytest.approx(server_deadline_s + answer_trip_s)
+
+
+# ------------------------------------------------ the local-deadline rule for drivers
+
+
+def test_a_late_driver_is_told_to_stop_once_the_local_deadline_has_passed() -> None:
+    play = Play(leasekit(ttl_seconds=30)).ok(ttl=30)
+    policy = play.policy
+    assert policy.deadline is not None
+    send = play.send
+    assert policy.due(send) == send.at < policy.deadline
+    # the process was paused past its deadline: it must not send the stale echo
+    late = policy.sending(send, policy.deadline + 0.5)
+    assert isinstance(late, Stop) and late.reason is EndReason.ASSUMED_LOST
+    assert not policy.held
+
+
+def test_a_send_just_before_the_local_deadline_times_out_at_it() -> None:
+    play = Play(leasekit(ttl_seconds=30)).ok(ttl=30)
+    policy = play.policy
+    assert policy.deadline is not None
+    now = policy.deadline - 0.25
+    bounded = policy.sending(play.send, now)
+    assert isinstance(bounded, Send)
+    assert now + bounded.timeout_s == pytest.approx(policy.deadline)
+    assert bounded.expected_last_heartbeat == play.send.expected_last_heartbeat
+
+
+def test_the_sdk_policy_keeps_no_local_deadline_unless_a_driver_imposes_it() -> None:
+    play = Play(SdkPolicy(rng=random.Random(1))).ok(ttl=20)
+    policy = play.policy
+    assert policy.deadline is not None
+    late = policy.deadline + 5
+    # the official worker sends its stale echo whenever it wakes up
+    assert policy.sending(play.send, late) is play.send
+    # leasekit's keeper imposes the rule: wake at the deadline, then stop
+    timed_out = Play(SdkPolicy(rng=random.Random(1))).ok(ttl=20).result(Outcome.TIMEOUT)
+    retry = timed_out.send
+    assert timed_out.policy.deadline is not None and retry.at > timed_out.policy.deadline
+    assert timed_out.policy.due(retry, enforce_deadline=True) == timed_out.policy.deadline
+    stop = timed_out.policy.sending(retry, timed_out.policy.deadline, enforce_deadline=True)
+    assert isinstance(stop, Stop) and stop.reason is EndReason.ASSUMED_LOST

@@ -255,7 +255,7 @@ class Engine:
         self._poll_wait = parse_delay(workers_config.empty_poll_wait)
         self._request_timeout_s = workers_config.request_timeout_s
         self._slack_s = workers_config.timer_slack_s
-        self._enforce_deadline = workers_config.enforces_deadline
+        self._enforce_deadline = workers_config.enforce_deadline
         restart = workers_config.crashes.restart_after
         self._restart_after = parse_delay(restart) if restart is not None else None
         pauses = windows_by_worker(workers_config.pauses.schedule, workers_config.count)
@@ -362,28 +362,25 @@ class Engine:
 
     def _send_heartbeat(self, worker: _Worker, send: Send, now: float) -> None:
         slack = self._slack_s
-        at = send.at if send.at > now else now
-        limit = math.inf
-        if self._enforce_deadline:
-            # leasekit's keeper: never believe past the policy's local deadline;
-            # wake there at the latest, and end the lease if it has passed.
-            policy = worker.policy
-            if policy is not None and policy.held and policy.deadline is not None:
-                limit = policy.deadline
-                if at > limit:
-                    at = limit
+        policy = worker.policy
+        assert policy is not None
+        enforce = self._enforce_deadline
+        # When the worker really sends: at the policy's due time (the local
+        # deadline at the latest), its timers ``slack`` late, after any pause.
+        at = policy.due(send, enforce_deadline=enforce)
+        if at < now:
+            at = now
         at += slack
         if worker.pause_starts:
             at = self._resume(worker, at)
-        if at >= limit:
-            if at < worker.next_crash_s and at < self._end_s:
-                self._end_lease(worker, at, "assumed_lost")
-            return
         if at >= worker.next_crash_s or at >= self._end_s:
             return  # dead by then (its crash event takes over), or after the run
+        action = policy.sending(send, at, enforce_deadline=enforce)
+        if action.__class__ is not Send:
+            self._end_lease(worker, at, EndReason.ASSUMED_LOST.value)
+            return
+        send = action
         timeout_s = send.timeout_s
-        if limit - at < timeout_s:
-            timeout_s = limit - at
         attempt = Attempt(worker, _HEARTBEAT, at, timeout_s + slack)
         attempt.expected = send.expected_last_heartbeat
         attempt.desired = send.desired_ttl_seconds

@@ -146,12 +146,12 @@ class Workers:
     (an attempt timing out exactly one TTL after the last success) the way a
     real worker does.
 
-    ``enforce_deadline`` adds leasekit's keeper rule to the driver: a worker
-    never believes in a lease past its policy's local ``deadline`` (it wakes
-    there at the latest, cuts an attempt there, and ends the lease as
-    ``assumed_lost`` once it has passed). ``None`` picks the driver that ships
-    with the policy: leasekit's keeper for ``leasekit``, the official worker
-    loop (no such rule) for ``sdk`` and ``fixed``.
+    ``enforce_deadline`` imposes the local-deadline rule of
+    :class:`~leasekit.policy.HeartbeatPolicy` on policies that do not keep it
+    themselves, as leasekit's keeper does: a worker never believes in a lease
+    past its policy's local ``deadline``. ``LeasekitPolicy`` always keeps it;
+    the default (off) simulates ``sdk`` and ``fixed`` as the official worker
+    loop runs them.
     """
 
     count: int = 10
@@ -161,7 +161,7 @@ class Workers:
     empty_poll_wait: str = "uniform:1,3"
     request_timeout_s: float = 10.0
     timer_slack_s: float = 1e-6
-    enforce_deadline: bool | None = None
+    enforce_deadline: bool = False
     crashes: Crashes = field(default_factory=Crashes)
     pauses: Pauses = field(default_factory=Pauses)
 
@@ -176,13 +176,6 @@ class Workers:
             make_policy(self.policy)
         except ValueError as error:
             raise ScenarioError(None, "policy", str(error)) from None
-
-    @property
-    def enforces_deadline(self) -> bool:
-        """Whether workers keep leasekit's local-deadline rule (see above)."""
-        if self.enforce_deadline is not None:
-            return self.enforce_deadline
-        return self.policy.strip().partition(":")[0] == "leasekit"
 
     @property
     def items(self) -> int:
