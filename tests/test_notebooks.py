@@ -40,3 +40,10 @@ def test_protocol_notebook_shows_sdk_losing_and_leasekit_adopting() -> None:
     assert "stop: lost" in out  # the SDK worker gives the lease up on the self-inflicted 412
     lines = [line for line in out.splitlines() if line.strip().startswith("5 ")]
     assert lines and "leasekit" in lines[-1] and "next beat" in lines[-1]
+
+
+def test_ttl_notebook_sweeps_both_policies_and_builds_the_explorer() -> None:
+    out = _run(next(p for p in NOTEBOOKS if p.name.startswith("02-")))
+    assert "lowest false-loss TTL per policy" in out
+    assert "'sdk'" in out and "'leasekit'" in out
+    assert "interactive(" in out  # the ipywidgets explorer was built
