@@ -1,23 +1,32 @@
 """The async HTTP client for the work calls of PROTOCOL.md part A (httpx).
 
 Kept lean on purpose: one process may heartbeat 10,000 leases through one
-:class:`LeaseClient`, so the heartbeat path builds its request with as little
-work as httpx allows and parses only the four fields it needs.
+:class:`LeaseClient`. Every call goes through httpx except the heartbeat,
+which (when no proxy applies and no httpx client or transport is injected)
+goes straight to httpcore, httpx's own HTTP/1.1 transport: the same h11
+parser, TLS and keep-alive connections, without httpx's request and
+response models and without httpcore's connection pool, whose bookkeeping
+costs O(connections) syscalls per request and dominates the CPU of a
+heartbeat once a few hundred connections are open.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
+import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import quote
 
+import anyio
+import httpcore
 import httpx
 
-from ._wire import HeartbeatWire
 from .policy import Outcome, classify_status
 from .protocol import (
     ANTHROPIC_BETA,
@@ -94,6 +103,145 @@ def _heartbeat_path(environment_id: str, work_id: str) -> str:
     return f"/v1/environments/{_path(environment_id)}/work/{_path(work_id)}/heartbeat"
 
 
+# Every exception httpcore raises for a failed request; mapped to httpx's own types below.
+_HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ConnectionNotAvailable,
+)
+
+
+def _as_httpx_error(error: Exception) -> httpx.TransportError:
+    """httpx's exception for an httpcore one (httpx mirrors httpcore's names:
+    ``ReadTimeout``, ``ConnectError``, ``RemoteProtocolError``...), so callers
+    see the same types on both heartbeat paths. The message is the first
+    non-empty one down the chain of causes (on trio, httpcore's own is often
+    empty while the TLS error beneath says what failed)."""
+    message, cause = "", error
+    for _ in range(5):
+        message = str(cause)
+        next_cause = cause.__cause__ or cause.__context__
+        if message or next_cause is None or not isinstance(next_cause, Exception):
+            break
+        cause = next_cause
+    message = message or type(error).__name__
+    for cls in type(error).__mro__:
+        mapped = getattr(httpx, cls.__name__, None)
+        if isinstance(mapped, type) and issubclass(mapped, httpx.TransportError):
+            return mapped(message)
+    return httpx.TransportError(message)
+
+
+# Idle connections are dropped before a typical server's keep-alive timeout
+# (uvicorn's is 5 s) could close them under a request. A connection the server
+# has already closed is also caught before reuse: httpcore sees its socket readable.
+_KEEPALIVE_S = 4.0
+
+
+class _HeartbeatConnections:
+    """Keep-alive HTTP/1.1 connections to one origin for ``POST target`` with an
+    empty body, each an :class:`httpcore.AsyncHTTPConnection` (h11, TLS).
+
+    The pool is a LIFO list of idle connections: a request takes the most
+    recently used one that httpcore still finds usable, or opens a new one,
+    and gives it back only if httpcore left it idle (not closed, not broken
+    by a cancellation). At most ``max_connections`` requests at once.
+    """
+
+    def __init__(
+        self,
+        url: httpx.URL,
+        headers: Mapping[str, str],
+        ssl_context: ssl.SSLContext,
+        max_connections: int,
+        timeout_s: float,
+    ) -> None:
+        self._scheme, self._host = url.raw_scheme, url.raw_host
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._origin = httpcore.Origin(self._scheme, self._host, self._port)
+        self._prefix = url.raw_path.rstrip(b"/")
+        host_header = url.netloc  # host[:port] as httpx sends it (IDNA, no default port)
+        self._headers = [(b"host", host_header), (b"content-length", b"0")] + [
+            (name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()
+        ]
+        timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+        self._extensions = {"timeout": timeout}
+        self._ssl_context = ssl_context
+        self._idle: deque[tuple[httpcore.AsyncHTTPConnection, float]] = deque()
+        self._max_connections = max_connections
+        self._slots: anyio.Semaphore | None = None
+        self._closed = False
+
+    async def _checkout(self) -> httpcore.AsyncHTTPConnection:
+        while self._idle:
+            connection, _ = self._idle.pop()
+            # has_expired: past keepalive_expiry, or the server closed it (socket readable)
+            if connection.is_available() and not connection.has_expired():
+                return connection
+            await connection.aclose()
+        return httpcore.AsyncHTTPConnection(
+            self._origin, ssl_context=self._ssl_context, keepalive_expiry=_KEEPALIVE_S
+        )
+
+    async def _checkin(self, connection: httpcore.AsyncHTTPConnection) -> None:
+        now = time.monotonic()
+        if connection.is_idle() and not self._closed:
+            self._idle.append((connection, now))
+        elif not connection.is_closed():
+            await connection.aclose()
+        # the least recently used sink to the bottom: close them once past their keep-alive
+        while self._idle and now - self._idle[0][1] > _KEEPALIVE_S:
+            await self._idle.popleft()[0].aclose()
+
+    async def post(self, target: bytes) -> tuple[int, bytes]:
+        """Send ``POST {prefix}{target}``; return ``(status, body)``.
+
+        Raises :class:`httpx.TransportError` (its subclasses, as httpx would)
+        when connecting, sending or reading fails. Cancellation closes the
+        connection (httpcore does not reuse a connection left mid-request).
+        """
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self._max_connections)
+        url = httpcore.URL(
+            scheme=self._scheme, host=self._host, port=self._port, target=self._prefix + target
+        )
+        request = httpcore.Request(b"POST", url, headers=self._headers, extensions=self._extensions)
+        async with self._slots:
+            connection = await self._checkout()
+            try:
+                response = await connection.handle_async_request(request)
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
+            except _HTTPCORE_ERRORS as error:
+                raise _as_httpx_error(error) from error
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._checkin(connection)
+        return response.status, content
+
+    async def aclose(self) -> None:
+        """Close the idle connections; those in use close when their request ends."""
+        self._closed = True
+        while self._idle:
+            await self._idle.pop()[0].aclose()
+
+
+def _proxied(http: httpx.AsyncClient, url: httpx.URL) -> bool:
+    """Whether httpx would send a request for ``url`` through a proxy (from
+    ``HTTP(S)_PROXY``/``ALL_PROXY`` minus ``NO_PROXY``, or a mount): asked of
+    httpx itself rather than re-implementing its rules. When this httpx does
+    not expose the answer, assume a proxy, which keeps every call on httpx."""
+    pick = getattr(http, "_transport_for_url", None)
+    default = getattr(http, "_transport", None)
+    if pick is None or default is None:
+        return True
+    return pick(url) is not default
+
+
 class LeaseClient:
     """An async client for one server's work calls.
 
@@ -106,19 +254,24 @@ class LeaseClient:
     ``http`` injects a ready :class:`httpx.AsyncClient` (its base URL is
     ignored; the client is not closed by :meth:`aclose`); otherwise one is
     made with ``transport`` (inject an ASGI or mock transport here),
-    ``timeout_s`` (seconds, per request, as a backstop: the lease keeper
-    bounds each heartbeat itself) and up to ``max_connections`` pooled
-    connections. Use it as ``async with LeaseClient(...) as client:``.
+    ``verify`` (TLS verification as httpx takes it: ``True`` for certifi's
+    CAs, honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR``; or an
+    :class:`ssl.SSLContext`, e.g. trusting a private CA), ``timeout_s``
+    (seconds, per request, as a backstop: the lease keeper bounds each
+    heartbeat itself) and up to ``max_connections`` pooled connections.
+    Proxies come from the environment as httpx takes them. Use it as
+    ``async with LeaseClient(...) as client:``.
 
-    Heartbeats: unless ``http`` or ``transport`` is injected, they skip
-    httpx for a lean keep-alive HTTP/1.1 path of their own
-    (:mod:`leasekit._wire`), several times cheaper in CPU per call; with an
-    injection they go through it like every other call.
+    Heartbeats: when nothing is injected and no proxy applies to
+    ``base_url``, they go straight to httpcore (httpx's own HTTP/1.1
+    transport, same TLS context) on keep-alive connections of their own,
+    several times cheaper in CPU per call than through httpx; otherwise
+    they go through httpx like every other call.
 
     Errors: a heartbeat's 412 raises :class:`leasekit.protocol.PreconditionFailed`
     carrying ``current_state``; any other error status raises
     :class:`StatusError`; connection problems raise :class:`httpx.TransportError`
-    (or, on the lean heartbeat path, :class:`OSError`); a 2xx body that does
+    (:class:`httpx.TimeoutException` for timeouts); a 2xx body that does
     not parse raises :class:`ValueError`.
     """
 
@@ -130,6 +283,7 @@ class LeaseClient:
         auth: Literal["bearer", "x-api-key"] = "bearer",
         http: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
         timeout_s: float = 600.0,
         max_connections: int = 1000,
     ) -> None:
@@ -147,19 +301,26 @@ class LeaseClient:
             headers["x-api-key"] = key
         self._headers = headers
         self._owns_http = http is None
-        # heartbeats take the lean path unless the caller injected their own HTTP stack
-        self._wire = (
-            HeartbeatWire(self.base_url, headers, max_connections)
-            if http is None and transport is None
-            else None
-        )
+        # one TLS context for both paths, built as httpx builds its own
+        ssl_context = httpx.create_ssl_context(verify=verify)
         self._http = http or httpx.AsyncClient(
             transport=transport,
+            verify=ssl_context,
             timeout=timeout_s,
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
             ),
+        )
+        url = httpx.URL(self.base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be http(s)://host[:port][/path], got {base_url!r}")
+        # heartbeats skip httpx unless the caller injected their own HTTP stack or
+        # a proxy applies: only httpx knows how to go through a proxy
+        self._direct = (
+            _HeartbeatConnections(url, headers, ssl_context, max_connections, timeout_s)
+            if http is None and transport is None and not _proxied(self._http, url)
+            else None
         )
 
     def __repr__(self) -> str:
@@ -168,8 +329,8 @@ class LeaseClient:
 
     async def aclose(self) -> None:
         """Close the pooled connections (unless the httpx client was injected)."""
-        if self._wire is not None:
-            await self._wire.aclose()
+        if self._direct is not None:
+            await self._direct.aclose()
         if self._owns_http:
             await self._http.aclose()
 
@@ -224,11 +385,11 @@ class LeaseClient:
         Raises :class:`PreconditionFailed` on 412.
         """
         path = _heartbeat_path(environment_id, work_id)
-        if self._wire is not None:
+        if self._direct is not None:
             query = "?expected_last_heartbeat=" + quote(expected_last_heartbeat, safe="")
             if desired_ttl_seconds is not None:
                 query += f"&desired_ttl_seconds={int(desired_ttl_seconds)}"
-            status, content = await self._wire.post(path + query)
+            status, content = await self._direct.post((path + query).encode("ascii"))
         else:
             params = {"expected_last_heartbeat": expected_last_heartbeat}
             if desired_ttl_seconds is not None:

@@ -1,4 +1,6 @@
-"""The lean heartbeat path: exact request bytes, answer framing, connection reuse.
+"""The heartbeat's direct httpcore path: exact request bytes, answer framing,
+connection reuse, a server closing idle connections, and proxies from the
+environment (which route heartbeats through httpx).
 
 A scripted HTTP server on a loopback socket plays each answer byte for byte.
 """
@@ -10,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import httpx
 import pytest
 from anyio.abc import SocketStream
 
@@ -35,11 +38,18 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 Script = Callable[[int], bytes | None]
-"""Given the request's index, the raw answer (``None``: close without answering)."""
+"""Given the request's index, the raw answer (``None``: close without answering,
+``HOLD``: never answer)."""
+HOLD = b"hold"
 
 
 @asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
+async def scripted(
+    script: Script, *, close_after: tuple[int, ...] = (), closed: anyio.Event | None = None
+) -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
+    """A server playing ``script``; after answering a request whose index is in
+    ``close_after`` it closes the connection silently (as a server whose
+    keep-alive timeout ran out does) and sets ``closed``."""
     requests: list[bytes] = []
     connections: list[int] = []
 
@@ -58,8 +68,15 @@ async def scripted(script: Script) -> AsyncIterator[tuple[str, list[bytes], list
                 answer = script(len(requests) - 1)
                 if answer is None:
                     return
+                if answer == HOLD:
+                    await anyio.sleep_forever()
                 await stream.send(answer)
                 if b"connection: close" in answer.lower():
+                    return
+                if len(requests) - 1 in close_after:
+                    await stream.aclose()
+                    if closed is not None:
+                        closed.set()
                     return
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
@@ -171,13 +188,67 @@ async def test_error_answers_are_typed() -> None:
         assert missing.value.message == "no such work"
 
 
-async def test_a_connection_closed_without_an_answer_is_an_os_error() -> None:
+async def test_a_connection_closed_without_an_answer_is_a_transport_error() -> None:
     async with (
         scripted(lambda index: None if index == 0 else ok()) as (url, _, connections),
         LeaseClient(url, "k") as client,
     ):
-        with pytest.raises(OSError, match="closed the connection"):
+        with pytest.raises(httpx.RemoteProtocolError, match="disconnected"):
             await client.heartbeat("e", "w", NO_HEARTBEAT)
         # the broken connection is not reused
         assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
     assert connections == [0, 1]
+
+
+async def test_a_server_closing_an_idle_keep_alive_connection_does_not_fail_a_heartbeat() -> None:
+    closed = anyio.Event()
+    async with (
+        scripted(lambda index: ok(), close_after=(0,), closed=closed) as (url, _, connections),
+        LeaseClient(url, "k") as client,
+    ):
+        assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
+        await closed.wait()  # the idle connection is now closed by the server
+        assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
+        assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
+    # a fresh connection for the second heartbeat, reused by the third
+    assert connections == [0, 1]
+
+
+async def test_a_cancelled_heartbeat_leaves_no_half_used_connection_behind() -> None:
+    answers = [ok(), HOLD, ok()]
+    async with (
+        scripted(lambda index: answers[index]) as (url, _, connections),
+        LeaseClient(url, "k") as client,
+    ):
+        assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
+        with anyio.move_on_after(0.2) as scope:
+            await client.heartbeat("e", "w", NO_HEARTBEAT)  # the server never answers
+        assert scope.cancelled_caught
+        assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
+    # the connection left waiting for an answer was not reused
+    assert connections == [0, 2]
+
+
+async def test_a_proxy_from_the_environment_carries_the_heartbeats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with scripted(lambda index: ok()) as (proxy_url, requests, _):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with LeaseClient("http://leasekit.invalid:8080", "k") as client:
+            assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
+    # the proxy got the request in absolute form: the heartbeat went through it
+    assert requests[0].split(b"\r\n")[0] == (
+        b"POST http://leasekit.invalid:8080/v1/environments/e/work/w/heartbeat"
+        b"?expected_last_heartbeat=NO_HEARTBEAT HTTP/1.1"
+    )
+
+
+async def test_no_proxy_sends_the_heartbeats_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with scripted(lambda index: ok()) as (url, requests, _):
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        async with LeaseClient(url, "k") as client:
+            assert (await client.heartbeat("e", "w", NO_HEARTBEAT)).lease_extended
+    assert requests[0].startswith(b"POST /v1/environments/e/work/w/heartbeat?")
