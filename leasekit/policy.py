@@ -70,6 +70,17 @@ class Outcome(enum.StrEnum):
 
 _RETRYABLE_4XX: Final = frozenset({408, 409, 429})
 
+# Members read on every heartbeat, as module constants: on Python 3.11 reading
+# ``Outcome.OK`` goes through EnumType's attribute hook (~150 ns a read).
+_OK, _PRECONDITION_FAILED, _REJECTED, _TRANSIENT = (
+    Outcome.OK,
+    Outcome.PRECONDITION_FAILED,
+    Outcome.REJECTED,
+    Outcome.TRANSIENT,
+)
+_SHUTDOWN_STATES: Final = (WorkState.STOPPING, WorkState.STOPPED)
+_INF: Final = math.inf
+
 
 def classify_status(status: int) -> Outcome:
     """The outcome of an HTTP status, as PROTOCOL.md part A classifies it."""
@@ -190,10 +201,10 @@ class HeartbeatPolicy:
         is held, else ``inf``."""
         deadline = self.deadline
         if deadline is None or not self.held:
-            return math.inf
+            return _INF
         if enforce_deadline or self.local_deadline_rule:
             return deadline
-        return math.inf
+        return _INF
 
     def due(self, send: Send, *, enforce_deadline: bool = False) -> float:
         """When a driver must act on ``send``: ``send.at``, or the local deadline
@@ -233,7 +244,7 @@ class HeartbeatPolicy:
 
 
 def _shutdown_signal(answer: HeartbeatAnswer) -> bool:
-    return answer.state in (WorkState.STOPPING, WorkState.STOPPED) or not answer.lease_extended
+    return answer.state in _SHUTDOWN_STATES or not answer.lease_extended
 
 
 _SDK_RETRY_INITIAL_S: Final = 0.5
@@ -286,9 +297,11 @@ class SdkPolicy(HeartbeatPolicy):
 
     def _begin_attempt(self, at: float) -> Send:
         self._attempt_started = at
-        self._attempt_budget_s = self.interval_s
+        interval_s = self._attempt_budget_s = self.interval_s
         self._retries_used = 0
-        return self._send(at, self.interval_s)
+        # _send() inlined: this is once per heartbeat
+        attempts = self.attempts = self.attempts + 1
+        return Send(at, interval_s, self.last_heartbeat, None, attempts)
 
     def start(self, now: float) -> Action:
         self.last_success = now
@@ -298,7 +311,7 @@ class SdkPolicy(HeartbeatPolicy):
 
     def observe(self, result: Result) -> Action:
         outcome = result.outcome
-        if outcome is Outcome.OK:
+        if outcome is _OK:
             assert result.answer is not None
             answer = result.answer
             self.last_heartbeat = answer.last_heartbeat
@@ -314,14 +327,14 @@ class SdkPolicy(HeartbeatPolicy):
                     f"state {answer.state.value}, lease_extended {answer.lease_extended}",
                 )
             return self._begin_attempt(result.received_at + self.interval_s)
-        if outcome is Outcome.PRECONDITION_FAILED:
+        if outcome is _PRECONDITION_FAILED:
             state = result.current_state
             return self._stop(
                 EndReason.LOST,
                 "412 heartbeat precondition failed"
                 + (f" (server state {state.state.value})" if state else ""),
             )
-        if outcome is Outcome.REJECTED:
+        if outcome is _REJECTED:
             return self._stop(EndReason.REJECTED, f"heartbeat rejected with {result.status}")
         # Transient or timeout. The SDK's HTTP client retries a transient
         # answer inside the same worker attempt while the attempt has time.
@@ -331,7 +344,7 @@ class SdkPolicy(HeartbeatPolicy):
             # started (its sleep may overrun ``Send.at``), not from the schedule.
             self._attempt_started = result.sent_at
         budget_end = self._attempt_started + self._attempt_budget_s
-        if outcome is Outcome.TRANSIENT and self._retries_used < self.http_retries:
+        if outcome is _TRANSIENT and self._retries_used < self.http_retries:
             # The SDK client's delay: min(0.5 * 2**n, 8) s, then the jitter.
             backoff = min(_SDK_RETRY_INITIAL_S * 2.0**self._retries_used, _SDK_RETRY_MAX_S)
             delay = backoff * (1 - 0.25 * self.rng.random())
@@ -493,7 +506,7 @@ class LeasekitPolicy(HeartbeatPolicy):
 
     def observe(self, result: Result) -> Action:
         outcome = result.outcome
-        if outcome is Outcome.OK:
+        if outcome is _OK:
             assert result.answer is not None
             answer = result.answer
             self.last_heartbeat = answer.last_heartbeat
@@ -507,9 +520,9 @@ class LeasekitPolicy(HeartbeatPolicy):
                     f"state {answer.state.value}, lease_extended {answer.lease_extended}",
                 )
             return self._next_beat(result.sent_at, result.received_at)
-        if outcome is Outcome.PRECONDITION_FAILED:
+        if outcome is _PRECONDITION_FAILED:
             return self._on_precondition_failed(result)
-        if outcome is Outcome.REJECTED:
+        if outcome is _REJECTED:
             return self._stop(EndReason.REJECTED, f"heartbeat rejected with {result.status}")
         # Transient or timeout: the server may have applied it.
         self._ambiguous_sent.append(result.sent_at)
@@ -572,7 +585,7 @@ class FixedPolicy(HeartbeatPolicy):
 
     def observe(self, result: Result) -> Action:
         outcome = result.outcome
-        if outcome is Outcome.OK:
+        if outcome is _OK:
             assert result.answer is not None
             answer = result.answer
             self.last_heartbeat = answer.last_heartbeat
@@ -582,9 +595,9 @@ class FixedPolicy(HeartbeatPolicy):
             self.deadline = result.received_at + self.ttl_seconds
             if _shutdown_signal(answer):
                 return self._stop(EndReason.SHUTDOWN, f"state {answer.state.value}")
-        elif outcome is Outcome.PRECONDITION_FAILED:
+        elif outcome is _PRECONDITION_FAILED:
             return self._stop(EndReason.LOST, "412 heartbeat precondition failed")
-        elif outcome is Outcome.REJECTED:
+        elif outcome is _REJECTED:
             return self._stop(EndReason.REJECTED, f"heartbeat rejected with {result.status}")
         at = max(result.received_at, result.sent_at + self.interval_s)
         return self._send(at, self.interval_s, self.desired_ttl_seconds)
