@@ -65,7 +65,13 @@ ENVIRONMENT_ID: Final = "env_sim"
 
 _HEARTBEAT, _POLL, _ACK = "heartbeat", "poll", "ack"
 _NORMAL: Final = NORMAL
+# Enum members and module attributes read per message, as constants: on
+# Python 3.11 reading ``Event.RENEW`` goes through EnumType's attribute hook
+# (~150 ns a read), and ``math.nan`` is a module attribute lookup.
 _TIMEOUT: Final = Outcome.TIMEOUT
+_RENEW: Final = Event.RENEW
+_NAN: Final = math.nan
+_INF: Final = math.inf
 _OUTCOME_OF: dict[int, Outcome] = {}
 
 
@@ -109,20 +115,29 @@ class Attempt:
         "worker",
     )
 
-    def __init__(self, worker: _Worker, kind: str, sent_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        worker: _Worker,
+        kind: str,
+        sent_s: float,
+        timeout_s: float,
+        number: int = 0,
+        expected: str | None = None,
+        desired: int | None = None,
+    ) -> None:
         self.worker = worker
         self.gen = worker.gen
         self.kind = kind
         self.sent_s = sent_s
         self.deadline_s = sent_s + timeout_s
         self.work_id = worker.work_id
-        self.number = 0
-        self.expected: str | None = None
-        self.desired: int | None = None
-        self.arrived_s = math.nan
-        self.processed_s = math.nan
-        self.answered_s = math.nan
-        self.seen_s = math.nan
+        self.number = number
+        self.expected = expected
+        self.desired = desired
+        self.arrived_s = _NAN
+        self.processed_s = _NAN
+        self.answered_s = _NAN
+        self.seen_s = _NAN
         self.status: int | None = None
         self.answer: Any = None
         self.current_state: Any = None
@@ -230,6 +245,15 @@ class Engine:
         self._heartbeats_sent = 0
         self._request_delay = self.network.request_delay
         self._answer_delay = self.network.answer_delay
+        # A lossless constant delay takes no draw: no call per message either.
+        self._fixed_request: float | None = None
+        self._fixed_answer: float | None = None
+        if isinstance(self.network, ScenarioNetwork):
+            self._fixed_request, self._fixed_answer = self.network.fixed_delays()
+        # SimPy's Environment.schedule() inlined on the hot path (the same
+        # heap entry: time, priority, event id, event), one call less a message.
+        self._queue: list[Any] = self.env._queue
+        self._next_eid: Callable[[], int] = self.env._eid.__next__
         # server
         self._processing = parse_delay(server.processing)
         self._server_rng = streams.rng("server")
@@ -345,12 +369,14 @@ class Engine:
             return  # dead by then (its crash event takes over), or after the run
         if attempt.kind is _HEARTBEAT:
             self._heartbeats_sent += 1
-        delay = self._request_delay(worker.index, attempt.kind, sent_s)
+        delay = self._fixed_request
         if delay is None:
-            attempt.lost = "request"
-            attempt.timed_out = True
-            self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
-            return
+            delay = self._request_delay(worker.index, attempt.kind, sent_s)
+            if delay is None:
+                attempt.lost = "request"
+                attempt.timed_out = True
+                self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
+                return
         arrived_s = attempt.arrived_s = sent_s + delay
         if arrived_s >= attempt.deadline_s:
             # The worker gives up first; the request still reaches the server.
@@ -380,26 +406,38 @@ class Engine:
             self._end_lease(worker, at, EndReason.ASSUMED_LOST.value)
             return
         send = action
-        timeout_s = send.timeout_s
-        attempt = Attempt(worker, _HEARTBEAT, at, timeout_s + slack)
-        attempt.expected = send.expected_last_heartbeat
-        attempt.desired = send.desired_ttl_seconds
-        attempt.number = send.attempt
+        attempt = Attempt(
+            worker,
+            _HEARTBEAT,
+            at,
+            send.timeout_s + slack,
+            send.attempt,
+            send.expected_last_heartbeat,
+            send.desired_ttl_seconds,
+        )
         # _send() inlined: this is once per heartbeat
         self._heartbeats_sent += 1
-        delay = self._request_delay(worker.index, _HEARTBEAT, at)
+        delay = self._fixed_request
         if delay is None:
-            attempt.lost = "request"
-            attempt.timed_out = True
-            self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
-            return
+            delay = self._request_delay(worker.index, _HEARTBEAT, at)
+            if delay is None:
+                attempt.lost = "request"
+                attempt.timed_out = True
+                self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
+                return
         arrived_s = attempt.arrived_s = at + delay
-        if arrived_s >= attempt.deadline_s:
+        deadline_s = attempt.deadline_s
+        if arrived_s >= deadline_s:
             attempt.timed_out = True
-            self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
+            self._at(self._resume(worker, deadline_s), self._on_timeout, attempt)
         attempt.callbacks = self._first_stage
-        delay = arrived_s - self.env._now
-        self._schedule(attempt, _NORMAL, delay if delay > 0 else 0.0)
+        env_now = self.env._now
+        delay = arrived_s - env_now
+        # self._schedule(attempt, _NORMAL, delay if delay > 0 else 0.0), inlined
+        heapq.heappush(
+            self._queue,
+            (env_now + (delay if delay > 0 else 0.0), _NORMAL, self._next_eid(), attempt),
+        )
 
     def _poll(self, worker: _Worker, at: float) -> None:
         worker.work_id = ""
@@ -488,12 +526,14 @@ class Engine:
             return  # the worker stopped waiting; its timeout is scheduled
         worker = attempt.worker
         now = self.env._now
-        delay = self._answer_delay(worker.index, attempt.kind, now)
+        delay = self._fixed_answer
         if delay is None:
-            attempt.lost = "answer"
-            attempt.timed_out = True
-            self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
-            return
+            delay = self._answer_delay(worker.index, attempt.kind, now)
+            if delay is None:
+                attempt.lost = "answer"
+                attempt.timed_out = True
+                self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
+                return
         answered_s = attempt.answered_s = now + delay
         if answered_s >= attempt.deadline_s:
             attempt.timed_out = True
@@ -507,7 +547,7 @@ class Engine:
         self, record: WorkRecord, event: Event, previous: WorkState, now_us: int
     ) -> None:
         """The ``LeaseBook`` observer: every transition, lazy expiries at their real time."""
-        if event is Event.RENEW:
+        if event is _RENEW:
             return  # the attempt log has it; keep the hot path lean
         self.monitor.transition(record, event, previous, (now_us - EPOCH_US) / 1e6, self._acting)
 

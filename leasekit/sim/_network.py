@@ -110,6 +110,12 @@ class _Link:
         self.bad = [False] * count
         self.rng = rng
 
+    def fixed(self) -> float | None:
+        """The constant delay when :meth:`sample` always returns it without a draw."""
+        if self.burst is None and not self.loss:
+            return self.constant
+        return None
+
     def sample(self, worker: int, kind: str, sent_s: float) -> float | None:
         """One message's delay or ``None`` (lost); the :class:`NetworkModel` signature."""
         rng = self.rng
@@ -158,6 +164,15 @@ class ScenarioNetwork:
             # Nothing depends on the worker or the time: skip a call per message.
             self.request_delay = self._request.sample  # type: ignore[method-assign]
             self.answer_delay = self._answer.sample  # type: ignore[method-assign]
+
+    def fixed_delays(self) -> tuple[float | None, float | None]:
+        """Per direction (request, answer), the one delay (seconds) every message
+        takes when it is constant and nothing is ever lost (no loss, bursts,
+        partitions or faults), else ``None``. Such a message takes no random
+        draw, so a driver may use the delay instead of calling."""
+        if any(self._special):
+            return None, None
+        return self._request.fixed(), self._answer.fixed()
 
     def _cut(self, worker: int, kind: str, sent_s: float, direction: str) -> bool:
         if inside(self._partitions[worker], sent_s):
