@@ -17,7 +17,7 @@ Measured over the run after the first beat interval (the ramp-up):
 
 **Baseline, same run**: the same number of leases, schedule and keeper,
 with every heartbeat made by the official SDK's call instead
-(``AsyncAnthropic(...).beta.environments.work.heartbeat``), measured the
+(``AsyncAnthropic(..., max_retries=0).beta.environments.work.heartbeat``), measured the
 same way until it has made as many heartbeats as leasekit or the measured
 time is up (at 10,000 leases the SDK call saturates a core and falls
 behind, so it makes fewer, most of them timing out). A second comparison
@@ -61,7 +61,8 @@ class SdkHeartbeats:
     def __init__(self, base_url: str) -> None:
         from anthropic import AsyncAnthropic
 
-        self.sdk = AsyncAnthropic(base_url=base_url, api_key=KEY)
+        # no retries inside the call: the keeper's policy decides when to try again
+        self.sdk = AsyncAnthropic(base_url=base_url, api_key=KEY, max_retries=0)
         self.work = self.sdk.beta.environments.work
 
     async def heartbeat(
@@ -235,6 +236,8 @@ async def main(args: argparse.Namespace) -> None:
     proc, url = start_server(2 * args.leases + 200, args.ttl)
     try:
         async with LeaseClient(url, KEY, timeout_s=60) as client:
+            # the default heartbeat path: straight to httpcore unless a proxy applies
+            path = "httpcore, direct" if client._direct is not None else "httpx (proxy)"
             ids = await all_work_ids(client)
             ours_ids, sdk_ids = ids[: args.leases], ids[args.leases : 2 * args.leases]
             quiet_ids = ids[2 * args.leases :]
@@ -244,7 +247,12 @@ async def main(args: argparse.Namespace) -> None:
                 f"each), {args.seconds:g} s measured, server: leasekit serve in another process"
             )
             ours = await run_phase(
-                "leasekit", client, ours_ids, ttl=args.ttl, seconds=args.seconds, seed=args.seed
+                f"leasekit ({path})",
+                client,
+                ours_ids,
+                ttl=args.ttl,
+                seconds=args.seconds,
+                seed=args.seed,
             )
         sdk_client = SdkHeartbeats(url)
         try:
@@ -265,12 +273,12 @@ async def main(args: argparse.Namespace) -> None:
         proc.wait(30)
 
     print(
-        f"\n{'client':<20s} {'heartbeats':>10s} {'not ok':>7s} {'CPU s':>7s} "
+        f"\n{'client':<28s} {'heartbeats':>10s} {'not ok':>7s} {'CPU s':>7s} "
         f"{'CPU us/beat':>12s} {'late p50 ms':>12s} {'p99 ms':>8s} {'max ms':>8s}"
     )
     for fig in (ours, sdk):
         print(
-            f"{fig.name:<20s} {fig.heartbeats:>10d} {fig.not_ok:>7d} {fig.cpu_s:>7.2f} "
+            f"{fig.name:<28s} {fig.heartbeats:>10d} {fig.not_ok:>7d} {fig.cpu_s:>7.2f} "
             f"{fig.cpu_per_heartbeat_us():>12.0f} {fig.lateness_ms(0.5):>12.1f} "
             f"{fig.lateness_ms(0.99):>8.1f} {fig.lateness_ms(1.0):>8.1f}"
         )
