@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import anyio
+import httpx
 
 from leasekit.client import LeaseClient, LeaseEvent, StatusError, hold_lease
 from leasekit.policy import LeasekitPolicy
@@ -81,6 +82,12 @@ class SdkHeartbeats:
                 expected_last_heartbeat=expected_last_heartbeat,
                 desired_ttl_seconds=desired_ttl_seconds,
             )
+        except anthropic.APITimeoutError as error:
+            raise httpx.TimeoutException(str(error)) from None
+        except anthropic.APIConnectionError as error:
+            # e.g. a keep-alive connection the server closed as it was reused: without
+            # the SDK's retries this is the keeper's transient outcome, as for leasekit
+            raise httpx.TransportError(str(error)) from None
         except anthropic.APIStatusError as error:
             if error.status_code == 412:
                 body = cast(dict[str, Any], error.body)
