@@ -498,6 +498,9 @@ class Engine:
                     ENVIRONMENT_ID, attempt.work_id, now_us, attempt.expected, attempt.desired
                 )
                 attempt.status = 200
+                # The log keeps the attempt, not the value it echoed: let the
+                # (previous) heartbeat's text go once nothing else holds it.
+                attempt.expected = None
             except PreconditionFailed as error:
                 attempt.status = 412
                 attempt.current_state = error.current_state
