@@ -6,7 +6,6 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -180,6 +179,9 @@ def replicate(
     """Run ``replications`` seeds derived from ``seed`` (default: the
     scenario's), in ``processes`` worker processes when above 1, and keep
     the first run's event log. ``progress`` gets the fraction done."""
+    # imported here: a single run (the common case) need not load them (~30 ms)
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     import pandas as pd
 
     if replications < 1:
