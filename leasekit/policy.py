@@ -30,6 +30,7 @@ simulation with a seed is reproducible.
 
 from __future__ import annotations
 
+import abc
 import enum
 import math
 import random
@@ -153,7 +154,7 @@ class Result:
     status: int | None = None
 
 
-class HeartbeatPolicy:
+class HeartbeatPolicy(abc.ABC):
     """Base class: the bookkeeping every policy shares.
 
     Subclasses decide; this class only remembers. Readable at any time:
@@ -174,13 +175,13 @@ class HeartbeatPolicy:
         self.held = False
         self.stopped: Stop | None = None
 
+    @abc.abstractmethod
     def start(self, now: float) -> Action:
         """Begin: the first attempt claims the lease with ``NO_HEARTBEAT``."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abc.abstractmethod
     def observe(self, result: Result) -> Action:
         """Take what happened to the last attempt; return what to do next."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def parameters(self) -> dict[str, Any]:
         """The policy's parameters, for trace headers and scenario files."""

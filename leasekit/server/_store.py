@@ -23,7 +23,6 @@ class Store(Protocol):
 
     def seed(self, environment_id: str, count: int, now_us: int) -> None:
         """Create ``count`` queued items now, synchronously (at start-up)."""
-        ...
 
     async def enqueue(
         self,
@@ -42,7 +41,6 @@ class Store(Protocol):
     async def change_token(self) -> int:
         """A value that changes when someone outside this store (another
         process) changed the data; lets a waiting long poll skip a look."""
-        ...
 
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json: ...
 

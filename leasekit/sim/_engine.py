@@ -507,25 +507,7 @@ class Engine:
             except ApiError as error:
                 attempt.status = error.status
             self._log_request(now)
-            # _answer() inlined: this is once per heartbeat
-            if attempt.timed_out:
-                return  # the worker stopped waiting; its timeout is scheduled
-            delay = self._fixed_answer
-            if delay is None:
-                delay = self._answer_delay(worker.index, _HEARTBEAT, now)
-                if delay is None:
-                    attempt.lost = "answer"
-                    attempt.timed_out = True
-                    self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
-                    return
-            answered_s = attempt.answered_s = now + delay
-            if answered_s >= attempt.deadline_s:
-                attempt.timed_out = True
-                self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
-                return
-            if worker.pause_starts:
-                answered_s = self._resume(worker, answered_s)
-            self._deliver(attempt, answered_s, False)
+            self._answer(attempt)
             return
         if kind is _POLL:
             record = self.book.poll(ENVIRONMENT_ID, now_us, worker_id=attempt.worker.name)
