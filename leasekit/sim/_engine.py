@@ -250,10 +250,6 @@ class Engine:
         self._fixed_answer: float | None = None
         if isinstance(self.network, ScenarioNetwork):
             self._fixed_request, self._fixed_answer = self.network.fixed_delays()
-        # SimPy's Environment.schedule() inlined on the hot path (the same
-        # heap entry: time, priority, event id, event), one call less a message.
-        self._queue: list[Any] = self.env._queue
-        self._next_eid: Callable[[], int] = self.env._eid.__next__
         # server
         self._processing = parse_delay(server.processing)
         self._server_rng = streams.rng("server")
@@ -422,29 +418,7 @@ class Engine:
             send.expected_last_heartbeat,
             send.desired_ttl_seconds,
         )
-        # _send() inlined: this is once per heartbeat
-        self._heartbeats_sent += 1
-        delay = self._fixed_request
-        if delay is None:
-            delay = self._request_delay(worker.index, _HEARTBEAT, at)
-            if delay is None:
-                attempt.lost = "request"
-                attempt.timed_out = True
-                self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
-                return
-        arrived_s = attempt.arrived_s = at + delay
-        deadline_s = attempt.deadline_s
-        if arrived_s >= deadline_s:
-            attempt.timed_out = True
-            self._at(self._resume(worker, deadline_s), self._on_timeout, attempt)
-        attempt.callbacks = self._first_stage
-        env_now = self.env._now
-        delay = arrived_s - env_now
-        # self._schedule(attempt, _NORMAL, delay if delay > 0 else 0.0), inlined
-        heapq.heappush(
-            self._queue,
-            (env_now + (delay if delay > 0 else 0.0), _NORMAL, self._next_eid(), attempt),
-        )
+        self._send(attempt)
 
     def _poll(self, worker: _Worker, at: float) -> None:
         worker.work_id = ""
