@@ -43,6 +43,16 @@ def _policy(text: str) -> str:
     return text
 
 
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of hours, got {text!r}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "replay",
@@ -68,6 +78,13 @@ def register(subparsers: Any) -> None:
         metavar="SPEC",
         help="also simulate this policy on the trace's network (sdk, leasekit, "
         "fixed:interval=S); repeatable",
+    )
+    parser.add_argument(
+        "--hours",
+        type=_hours,
+        metavar="H",
+        help="simulated hours per run with --policy (default: the trace's own length, "
+        "shared by the simulated workers); longer runs go round the trace's network again",
     )
     parser.add_argument("--format", choices=FORMATS, help="the trace's format (default: detect)")
     parser.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
@@ -110,6 +127,7 @@ def _simulated_rows(
                 ttl_seconds=ttl,
                 seed=args.seed,
                 replications=args.replications,
+                hours=args.hours,
             )
             rows.append({"ttl_seconds": ttl, "policy": spec, **result})
     return rows

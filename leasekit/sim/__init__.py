@@ -9,14 +9,18 @@ re-implemented here, so what a simulation says holds for the real client.
   reads one from TOML (see ``simulations/*.toml``).
 * :func:`simulate` runs it once: a :class:`RunResult` with the run's
   ``metrics`` and its event log (``events``, columns :data:`EVENT_COLUMNS`).
-* :func:`replicate` runs many seeds (optionally in processes) and gives
-  95% t-intervals (:meth:`Replications.estimates`).
+* :func:`replicate` runs many seeds (optionally in processes) and pools
+  what they counted (:class:`leasekit.metrics.Totals`) into every metric with
+  its 95% interval (:meth:`Replications.estimates`, made by
+  :func:`leasekit.metrics.summarize`: exact Poisson on pooled counts for
+  rates, never a t-interval over seeds).
 * :class:`NetworkModel` is the interface of the network: pass any factory
   ``(scenario, streams) -> NetworkModel`` as ``network=`` to replace the
   scenario's delays and losses (a trace-driven network, for instance).
 
-Metrics (per run; rates per held lease-hour, see ``_monitor`` for the exact
-definitions): ``false_losses_per_lease_hour`` and its causes
+Metrics (rates per held lease-hour; the glossary, with each metric's
+definition, unit and interval, is :data:`leasekit.metrics.METRICS`, also
+``docs/metrics.md``): ``false_losses_per_lease_hour`` and its causes
 (``false_losses_{server_expiry,unseen_answer,give_up,rejection}_per_lease_hour``),
 ``server_expiries_per_lease_hour``, ``precondition_failures_per_lease_hour``,
 ``precondition_failure_rate`` (412s per heartbeat answer seen),
@@ -26,18 +30,18 @@ item), ``takeover_seconds_mean``/``_max`` (crash to the next claim),
 ``requests_per_lease_second`` (server load), ``lease_hours``.
 """
 
+from ..metrics import Estimate
 from ._engine import ENVIRONMENT_ID, EPOCH_US, Engine
 from ._monitor import EVENT_COLUMNS
 from ._network import NetworkFactory, NetworkModel, ScenarioNetwork, Streams
 from ._run import (
-    Estimate,
     Replications,
     RunResult,
     replicate,
     replication_seed,
     simulate,
-    t_interval,
 )
+from ._run import t_interval as t_interval  # deprecated, not in __all__
 from ._scenario import (
     Burst,
     Crashes,
@@ -85,6 +89,5 @@ __all__ = [
     "replication_seed",
     "scenario_from_dict",
     "simulate",
-    "t_interval",
     "with_overrides",
 ]
