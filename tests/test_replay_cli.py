@@ -52,8 +52,10 @@ def test_json_prints_one_object_with_a_row_per_ttl(
     assert [row["ttl_seconds"] for row in rows] == [30, 45, 90]
     assert all(row["policy"] == "trace" for row in rows)
     assert all(set(row) == {"policy", *WHAT_IF_COLUMNS} for row in rows)
-    assert [row["expiries"] for row in rows] == [2, 1, 0]
-    assert rows[0]["false_losses_per_lease_hour"] == pytest.approx(2 / (150.6 / 3600))
+    assert [row["expiring_gaps"] for row in rows] == [2, 1, 0]
+    # one lease: at most one false loss, held until the 412 at 90.1 s
+    assert [row["false_losses"] for row in rows] == [1, 1, 0]
+    assert rows[0]["false_losses_per_lease_hour"] == pytest.approx(1 / (90.1 / 3600))
     assert body["network"]["answered"] == 5 and body["network"]["loss_rate"] == 0.0
 
 
@@ -96,7 +98,7 @@ def test_named_format_overrides_detection(
     path = tmp_path / "t.txt"
     path.write_text("sent_s,received_s,status\n0,0.1,200\n40,40.1,200\n")
     assert main(["replay", str(path), "--format", "csv", "--ttl", "30", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["rows"][0]["expiries"] == 1
+    assert json.loads(capsys.readouterr().out)["rows"][0]["expiring_gaps"] == 1
 
 
 def test_a_bad_file_exits_2_naming_path_line_and_field(
@@ -140,3 +142,22 @@ def test_a_bad_policy_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
         main(["replay", str(path), "--policy", "magic"])
     assert caught.value.code == 2
     assert "unknown policy 'magic'" in capsys.readouterr().err
+
+
+def test_a_trace_too_short_to_simulate_exits_2_and_prints_no_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("sent_s,received_s,status\n0,0.1,200\n10,10.1,200\n")
+    assert main(["replay", str(path), "--ttl", "30", "--policy", "sdk", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "too short to simulate TTL 30 s" in captured.err and "hours" in captured.err
+
+
+def test_help_shows_percent_signs_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    text = capsys.readouterr().out
+    assert "95%" in text and "%%" not in text
+    assert "--hours" in text
