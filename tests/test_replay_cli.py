@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,24 @@ def test_help_shows_percent_signs_once(capsys: pytest.CaptureFixture[str]) -> No
     text = capsys.readouterr().out
     assert "95%" in text and "%%" not in text
     assert "--hours" in text
+
+
+@pytest.mark.parametrize("command", [["replay", "{trace}", "--json"], ["diagram"]])
+def test_a_closed_stdout_ends_the_command_quietly(tmp_path: Path, command: list[str]) -> None:
+    trace = _trace(tmp_path / "t.jsonl")
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has gone before the command writes a byte (`| head`)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "leasekit.cli", *(a.format(trace=trace) for a in command)],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert "BrokenPipeError" not in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr == ""
+    assert done.returncode == 141
