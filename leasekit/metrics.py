@@ -36,6 +36,7 @@ from scipy import stats
 __all__ = [
     "INTERVALS",
     "METRICS",
+    "EngineResult",
     "Estimate",
     "MetricSpec",
     "Totals",
@@ -447,6 +448,35 @@ def summarize(runs: Totals | Iterable[Totals]) -> dict[str, Estimate]:
         exposures=[p.lease_seconds for p in parts],
     )
     return {name: out[name] for name in METRICS}
+
+
+@dataclass
+class EngineResult:
+    """What any engine (``simpy``, ``fast``, ``analytic``) answers for one scenario.
+
+    ``metrics`` maps glossary names to estimates (an engine leaves out what it
+    cannot estimate); ``heartbeats_sent`` counts the heartbeat attempts it
+    simulated (0 for the analytic engine); ``wall_seconds`` is its run time;
+    ``diagnostics`` holds engine-specific numbers (for the fast engine: cycles,
+    effective sample size, variance-reduction factor, tilt).
+    """
+
+    engine: str
+    metrics: dict[str, Estimate]
+    heartbeats_sent: int = 0
+    wall_seconds: float = 0.0
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` shape: ``{"metrics": {NAME: {"value", "ci95"}}, "heartbeats_sent",
+        "wall_seconds"}`` (the caller adds ``"scenario"``)."""
+        return {
+            "engine": self.engine,
+            "metrics": {name: e.to_dict() for name, e in self.metrics.items()},
+            "heartbeats_sent": self.heartbeats_sent,
+            "wall_seconds": self.wall_seconds,
+            "diagnostics": dict(self.diagnostics),
+        }
 
 
 def glossary_markdown() -> str:
