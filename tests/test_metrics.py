@@ -186,3 +186,12 @@ def test_summary_names_each_metrics_interval_and_unit() -> None:
 def test_t_interval_is_no_longer_public() -> None:
     assert "t_interval" not in leasekit.sim.__all__
     assert leasekit.sim.Estimate is Estimate
+
+
+def test_docs_protocol_md_stands_alone() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    for heading in ("## 1. Facts", "## 2. Reference semantics", "## 3. Safety arguments"):
+        assert heading in text
+    assert "leasekit's reference semantics" in text and "hosted service may differ" in text
+    assert "### The local deadline" in text and "### Adopting a self-inflicted 412" in text
+    assert "PROTOCOL.md" not in text
