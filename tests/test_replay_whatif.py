@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from leasekit.metrics import summarize
 from leasekit.policy import Outcome, Result, Send
@@ -235,3 +238,28 @@ def test_every_host_gets_its_own_clock_offset(tmp_path: Path) -> None:
     assert _row(frame, 34)["expiring_gaps"] == 10
     assert _row(frame, 35)["expiring_gaps"] == 0
     assert _row(frame, 34)["false_losses"] == 2
+
+
+_STEP = st.tuples(
+    st.sampled_from(["ok", "ok", "ok", "timeout", "lost"]),
+    st.floats(0.0, 60.0),  # wait before the send, s
+    st.floats(0.0, 5.0),  # round trip (or time to the timeout), s
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(_STEP, min_size=1, max_size=12), ttl=st.integers(5, 60))
+def test_the_bounds_bound_the_estimate(steps: list[tuple[str, float, float]], ttl: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = _Recorder(Path(tmp) / "t.jsonl")
+        t = 0.0
+        rec.ok(t, t + 0.1)
+        for kind, wait, trip in steps:
+            t += 0.1 + wait
+            {"ok": rec.ok, "timeout": rec.timeout, "lost": rec.lost}[kind](t, t + trip)
+            t += trip
+        row = _row(what_if_ttl(rec.attempts(), [ttl]), ttl)
+    for name in ("expiring_gaps", "false_losses", "false_losses_per_lease_hour"):
+        assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"], name
+    assert row["false_losses_high"] <= row["leases"]
+    assert row["lease_hours"] <= row["trace_lease_hours"]
