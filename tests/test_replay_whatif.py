@@ -124,6 +124,7 @@ def test_an_unanswered_attempt_may_have_renewed(tmp_path: Path) -> None:
     for t in (0.0, 20.0, 50.0, 90.0):
         rec.ok(t, t + 1)
     rec.timeout(100.0, 101.0)  # applied or not: nobody knows
+    rec.last = "adopted"  # the next success echoes another value (leasekit adopts a 412's)
     rec.ok(150.5, 151.5)
     frame = what_if_ttl(rec.attempts(), [40, 50])
     # not applied: the gap 90 -> 150.5 expires at both TTLs; applied: the
@@ -207,6 +208,7 @@ def test_the_low_bound_lets_a_timed_out_request_arrive_after_its_sender_gave_up(
     rec = _Recorder(tmp_path / "t.jsonl")
     rec.ok(0.0, 0.1)
     rec.timeout(20.0, 21.0)  # maybe still in flight when the client gave up at 21 s
+    rec.last = "adopted"  # the next success echoes another value (leasekit adopts a 412's)
     rec.ok(50.0, 50.1)
     # at TTL 25: not applied, the gap 0.1 -> 50 expires; applied by its
     # timeout, 21 -> 50 = 29 s still expires; applied later, at 30 s say, no gap
@@ -238,6 +240,18 @@ def test_every_host_gets_its_own_clock_offset(tmp_path: Path) -> None:
     assert _row(frame, 34)["expiring_gaps"] == 10
     assert _row(frame, 35)["expiring_gaps"] == 0
     assert _row(frame, 34)["false_losses"] == 2
+
+
+def test_an_unanswered_attempt_the_next_success_shows_unapplied_does_not_renew(
+    tmp_path: Path,
+) -> None:
+    rec = _Recorder(tmp_path / "t.jsonl")
+    rec.ok(0.0, 0.1)
+    rec.timeout(20.0, 21.0)
+    rec.ok(50.0, 50.1)  # echoes what the timed-out attempt echoed: it was never applied
+    row = _row(what_if_ttl(rec.attempts(), [25]), 25)
+    assert (row["expiring_gaps_low"], row["expiring_gaps"], row["expiring_gaps_high"]) == (1, 1, 1)
+    assert row["unanswered"] == 1
 
 
 _STEP = st.tuples(

@@ -19,7 +19,9 @@ processed each request (its *arrival*). The estimate and its bounds:
   client gave up on may still reach the server *after* the client's timeout.
   The low bound counts each as a renewal applied at any time from its send
   on (so it may cover the whole gap that follows it); the estimate and the
-  high bound count it as not applied.
+  high bound count it as not applied. One the trace shows was never applied
+  (the next answered attempt is a success that echoed the same
+  ``expected_last_heartbeat``) counts as not applied in the low bound too.
 * Only successes (and, for the low bound, unanswered attempts) renew. A
   412, a 5xx or a rejection did not renew in the trace, and the trace cannot
   say what the server would have answered under another TTL.
@@ -98,8 +100,10 @@ class _Lease:
     ok_arrival: np.ndarray
     ok_early: np.ndarray
     ok_late: np.ndarray
-    # unanswered attempts after the first success: their send times
+    # unanswered attempts after the first success: their send times, all of
+    # them and those the trace does not show were never applied
     unanswered_early: np.ndarray
+    maybe_applied_early: np.ndarray
     # the lease's last attempt (a liveness probe, renewing or not)
     last_early: float
     last_arrival: float
@@ -189,11 +193,13 @@ def _windows(lease: pd.DataFrame, server_s: pd.Series, offsets: dict[str, float]
             estimate = server_s.reindex(lease.index).to_numpy(dtype="float64") - offset
             clamped = np.clip(estimate, sent, received)
             arrival = np.where(known, clamped, arrival)
+    maybe_applied = unanswered & ~_never_applied(lease, unanswered)
     return _Lease(
         ok_arrival=arrival[ok],
         ok_early=sent[ok],
         ok_late=received[ok],
         unanswered_early=sent[unanswered],
+        maybe_applied_early=sent[maybe_applied],
         last_early=float(sent[-1]),
         last_arrival=float(arrival[-1]),
         last_late=float(received[-1]),
@@ -201,6 +207,27 @@ def _windows(lease: pd.DataFrame, server_s: pd.Series, offsets: dict[str, float]
         start_s=float(sent[0]),
         end_s=float(max(received[-1], sent[0])),
     )
+
+
+def _never_applied(lease: pd.DataFrame, unanswered: np.ndarray) -> np.ndarray:
+    """Unanswered attempts the trace shows were never applied: the next answered
+    attempt is a success that sent the same ``expected_last_heartbeat``. Had the
+    unanswered one been applied first, that success would have met a 412;
+    arriving after it, it would have met one itself (the stored value had moved
+    on). Without the echoed values nothing is known."""
+    expected = lease["expected_last_heartbeat"].astype("object").to_numpy()
+    ok = (lease["outcome"] == Outcome.OK.value).to_numpy()
+    never = np.zeros(len(lease), dtype=bool)
+    next_ok_expected: object = None  # the echo of the next answered attempt, if a success
+    for position in range(len(lease) - 1, -1, -1):
+        if not unanswered[position]:
+            next_ok_expected = expected[position] if ok[position] else None
+            continue
+        echo = expected[position]
+        never[position] = (
+            isinstance(echo, str) and isinstance(next_ok_expected, str) and echo == next_ok_expected
+        )
+    return never
 
 
 def _expired(rules: LeaseRules, first_s: float, second_s: float) -> bool:
@@ -262,7 +289,7 @@ def _readings(lease: _Lease) -> dict[str, tuple[list[_Step], _Step | None]]:
     first = float(lease.ok_early[0])
     low = sorted(
         [_Step(float(r), float(e), float(r)) for e, r in zip(lease.ok_early, late, strict=True)]
-        + [_Step(math.inf, float(e), math.inf) for e in lease.unanswered_early if e >= first],
+        + [_Step(math.inf, float(e), math.inf) for e in lease.maybe_applied_early if e >= first],
         key=lambda step: (step.end_s, step.start_s),
     )
     final_low = renews or lease.last_outcome == "unanswered"
