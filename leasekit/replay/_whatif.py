@@ -275,7 +275,10 @@ def _expiring(
     return gaps, first_seen
 
 
-def _readings(lease: _Lease) -> dict[str, tuple[list[_Step], _Step | None]]:
+_Readings = dict[str, tuple[list[_Step], _Step | None]]
+
+
+def _readings(lease: _Lease) -> _Readings:
     """The lease's renewals and final attempt as each of :data:`BOUNDS` reads them."""
     late = lease.ok_late
     renews = lease.last_outcome == "ok"
@@ -332,27 +335,28 @@ def _all_windows(attempts: pd.DataFrame) -> list[_Lease]:
 
 
 def _totals(
-    rules: LeaseRules, windows: Sequence[_Lease]
+    rules: LeaseRules, leases: Sequence[tuple[_Lease, _Readings]]
 ) -> tuple[dict[str, Totals], dict[str, int]]:
     totals = {bound: Totals() for bound in BOUNDS}
     gaps = dict.fromkeys(BOUNDS, 0)
-    for window in windows:
-        for bound, (steps, last) in _readings(window).items():
+    for window, readings in leases:
+        for bound, (steps, last) in readings.items():
             count, seen = _expiring(rules, steps, last)
             total = totals[bound]
             gaps[bound] += count
+            end = window.end_s
             # the low bound keeps the whole lease: more exposure, a lower rate
-            cut = seen is not None and bound != "low"
-            end = (
-                min(window.end_s, max(window.start_s, seen))
-                if cut and seen is not None
-                else window.end_s
-            )
+            if seen is not None and bound != "low":
+                end = min(end, max(window.start_s, seen))
             total.lease_seconds += end - window.start_s
             if count:
                 total.false_losses_server_expiry += 1
                 total.server_expiries += 1
     return totals, gaps
+
+
+def _read(attempts: pd.DataFrame) -> list[tuple[_Lease, _Readings]]:
+    return [(window, _readings(window)) for window in _all_windows(attempts)]
 
 
 def what_if_totals(attempts: pd.DataFrame, ttl: int) -> dict[str, Totals]:
@@ -369,7 +373,7 @@ def what_if_totals(attempts: pd.DataFrame, ttl: int) -> dict[str, Totals]:
     where the worker would have learnt of its loss (see the module
     docstring), except in the low bound, which keeps whole leases.
     """
-    totals, _ = _totals(_rules(ttl), _all_windows(attempts))
+    totals, _ = _totals(_rules(ttl), _read(attempts))
     return totals
 
 
@@ -397,14 +401,15 @@ def what_if_ttl(attempts: pd.DataFrame, ttls: Sequence[int]) -> pd.DataFrame:
     A lease is good up to and including its deadline (``LeaseRules.settle``),
     so a gap of exactly the TTL does not expire.
     """
-    windows = _all_windows(attempts)
+    read = _read(attempts)
+    windows = [window for window, _ in read]
     trace_hours = sum(w.end_s - w.start_s for w in windows) / 3600
     renewals = sum(len(w.ok_arrival) for w in windows)
     unanswered = sum(len(w.unanswered_early) for w in windows)
     rows = []
     for ttl in ttls:
         rules = _rules(ttl)
-        totals, gaps = _totals(rules, windows)
+        totals, gaps = _totals(rules, read)
         metric = "false_losses_per_lease_hour"
         estimate = summarize(totals["estimate"])[metric]
         rows.append(
