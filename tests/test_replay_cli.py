@@ -183,3 +183,14 @@ def test_a_closed_stdout_ends_the_command_quietly(tmp_path: Path, command: list[
     assert "BrokenPipeError" not in done.stderr and "Traceback" not in done.stderr
     assert done.stderr == ""
     assert done.returncode == 141
+
+
+def test_a_trace_without_a_held_lease_exits_2_and_prints_no_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("sent_s,received_s,status\n0,0.1,503\n10,10.1,503\n")
+    assert main(["replay", str(path), "--ttl", "30"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{path}: no lease to replay" in captured.err

@@ -148,6 +148,13 @@ def run(args: argparse.Namespace) -> int:
         print("leasekit replay: --replications must be >= 1", file=sys.stderr)
         return 2
     table = what_if_ttl(attempts, args.ttl)
+    if not len(table) or table["leases"].iloc[0] == 0:
+        print(
+            f"leasekit replay: {args.trace}: no lease to replay (no attempt was answered 200, "
+            f"so no lease was ever held); {len(attempts)} attempts read",
+            file=sys.stderr,
+        )
+        return 2
     try:
         fit: NetworkFit | None = fit_network(attempts)
     except ValueError:
