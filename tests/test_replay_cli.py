@@ -194,3 +194,12 @@ def test_a_trace_without_a_held_lease_exits_2_and_prints_no_table(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"{path}: no lease to replay" in captured.err
+
+
+def test_text_output_of_a_lossless_trace_says_no_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _trace(tmp_path / "t.jsonl")
+    assert main(["replay", str(path), "--ttl", "30"]) == 0
+    text = capsys.readouterr().out
+    assert "no loss" in text and "inf" not in text and "nan" not in text

@@ -207,8 +207,13 @@ def _print_text(
     else:
         print(
             f"network: round trip mean {fit.rtt.mean * 1e3:.1f} ms, best fit "
-            f"{fit.rtt_best.spec}; loss {fit.loss_rate:.2%} (request {fit.request_loss:.2%}, "
-            f"answer {fit.answer_loss:.2%}), mean burst {fit.mean_burst:.2f} attempts"
+            f"{fit.rtt_best.spec}; "
+            + (
+                "no loss"
+                if fit.loss_rate == 0
+                else f"loss {fit.loss_rate:.2%} (request {fit.request_loss:.2%}, "
+                f"answer {fit.answer_loss:.2%}), mean burst {fit.mean_burst:.2f} attempts"
+            )
         )
     print()
     print("what-if TTL: leases the trace's arrivals would have lost (one false loss per lease)")
