@@ -186,6 +186,8 @@ def test_summary_names_each_metrics_interval_and_unit() -> None:
 def test_t_interval_is_no_longer_public() -> None:
     assert "t_interval" not in leasekit.sim.__all__
     assert leasekit.sim.Estimate is Estimate
+    with pytest.warns(DeprecationWarning, match="metrics.summarize"):
+        leasekit.sim.t_interval([1.0, 2.0])
 
 
 def test_docs_protocol_md_stands_alone() -> None:

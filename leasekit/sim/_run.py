@@ -12,6 +12,7 @@ import bisect
 import math
 import random
 import statistics
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,11 @@ def t_interval(values: Sequence[float]) -> Estimate:
     seeds goes negative at rare events and collapses to ``[0, 0]`` at none).
     Not part of :mod:`leasekit.sim`'s public surface.
     """
+    warnings.warn(
+        "leasekit.sim.t_interval is deprecated: use leasekit.metrics.summarize",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return Estimate(math.nan, math.nan, math.nan, "t", 0)
