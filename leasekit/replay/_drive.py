@@ -19,10 +19,13 @@
 
 The simulated fleet has ``W`` workers (one per lease of the trace, but
 fewer when that would make runs shorter than 10 minutes) and as many work
-items; each run lasts ``T / W`` seconds and worker ``i`` lives on the
-timeline from ``i * T / W`` on, so together the workers go through the
-trace's network exactly once, whatever the leases' lengths. Workers meet
-their outages independently, as the trace's leases did.
+items; by default each run lasts ``T / W`` seconds and worker ``i`` lives
+on the timeline from ``i * T / W`` on, so together the workers go through
+the trace's network exactly once, whatever the leases' lengths. Asked for
+longer runs (``hours``), each worker goes round the timeline again from
+where it started. Workers meet their outages independently, as the trace's
+leases did. Metrics are the glossary's (:mod:`leasekit.metrics`), pooled
+over the replications with their 95% intervals.
 """
 
 from __future__ import annotations
