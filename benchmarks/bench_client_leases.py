@@ -30,7 +30,7 @@ larger N both did): comparing successes with failures says nothing, so when
 the SDK sustains no load at all no ratio is printed. A second comparison,
 with no load: 1,000 renewals each, one at a time.
 
-    .venv/bin/python benchmarks/bench_client_leases.py              # ~1-2 min
+    .venv/bin/python benchmarks/bench_client_leases.py   # ~3 min, stepping until a failed step
     .venv/bin/python benchmarks/bench_client_leases.py --max-leases 12800 --seconds 10
 """
 
