@@ -158,6 +158,8 @@ def _count(conn: sqlite3.Connection, environment_id: str, slot: int, delta: int)
         conn.execute(_COUNT, (environment_id, delta, 0))
     elif slot == IN_PENDING:
         conn.execute(_COUNT, (environment_id, 0, delta))
+
+
 _METADATA_AT: Final = _FIELDS.index("metadata")
 _EMPTY_METADATA: Final = "{}"
 
