@@ -175,6 +175,8 @@ class LeaseServerApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
         self._held = 0
+        self.body_timeout_s = BODY_TIMEOUT_S
+        """Seconds a request body may take to arrive after its head (then 400)."""
         self.limits = limits or Limits()
         rate = self.limits.requests_per_second
         self._rates = None if rate is None else RequestRates(rate, self.limits.burst)
@@ -340,10 +342,10 @@ class LeaseServerApp:
                     ErrorType.REQUEST_TOO_LARGE, f"request body: larger than {MAX_BODY_BYTES} bytes"
                 )
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
+            async with asyncio.timeout(self.body_timeout_s):
                 return await self._receive_body(receive)
         except TimeoutError:
-            raise _bad(f"request body: not complete within {BODY_TIMEOUT_S:g} s") from None
+            raise _bad(f"request body: not complete within {self.body_timeout_s:g} s") from None
 
     async def _receive_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
