@@ -622,10 +622,13 @@ def _counter_ids(prefix: str) -> Callable[[], str]:
 class _Environment:
     __slots__ = (
         "deadlines",
+        "depth",
         "handed",
+        "oldest",
+        "order",
+        "pending",
         "pollers",
         "pollers_prune_at",
-        "queued",
         "ready",
         "records",
         "scheduled",
@@ -634,9 +637,15 @@ class _Environment:
 
     def __init__(self) -> None:
         self.records: dict[str, WorkRecord] = {}
+        self.order: list[str] = []  # work ids by seq: a list page is a bisect, not a walk
         # per environment, so that a cursor or an order reveals nothing of another's items
         self.seq = itertools.count(1)
-        self.queued = 0  # records in state queued (handed out or not)
+        # queue_slot counts (QueueStats.depth, .pending) of the settled records,
+        # and (created_at_us, work_id) of queued ones (stale entries skipped):
+        # stats cost no walk over the records
+        self.depth = 0
+        self.pending = 0
+        self.oldest: list[tuple[int, str]] = []
         # queued items not handed out, by creation order: (seq, work_id)
         self.ready: list[tuple[int, str]] = []
         # handed-out items in hand-out order, for reclaim: (handed_out_at_us, work_id)
@@ -713,8 +722,21 @@ class LeaseBook:
         was = record.state
         self.rules.settle(record, now_us)
         if record.state is _Q and was is not _Q:  # expiry only ever enters queued
-            heapq.heappush(env.ready, (record.seq, record.work_id))
-            env.queued += 1
+            self._requeued(env, record)
+
+    @staticmethod
+    def _requeued(env: _Environment, record: WorkRecord) -> None:
+        heapq.heappush(env.ready, (record.seq, record.work_id))
+        heapq.heappush(env.oldest, (record.created_at_us, record.work_id))
+        env.depth += 1  # a requeue clears the hand-out
+
+    @staticmethod
+    def _left_queue(env: _Environment, slot: int) -> None:
+        """An item in ``slot`` (:func:`queue_slot`) left the queue."""
+        if slot == IN_DEPTH:
+            env.depth -= 1
+        elif slot == IN_PENDING:
+            env.pending -= 1
 
     @staticmethod
     def _track_deadline(env: _Environment, record: WorkRecord) -> None:
@@ -758,10 +780,11 @@ class LeaseBook:
         environment already has this many queued items; ``None``: no limit.
         """
         env = self._env(environment_id)
-        if max_queued is not None and env.queued >= max_queued:
+        queued = env.depth + env.pending
+        if max_queued is not None and queued >= max_queued:
             raise ApiError(
                 ErrorType.RATE_LIMIT,
-                f"environment {environment_id!r}: {env.queued} work items queued, "
+                f"environment {environment_id!r}: {queued} work items queued, "
                 f"the limit is {max_queued}",
             )
         work_id = work_id or self._work_ids()
@@ -778,8 +801,10 @@ class LeaseBook:
             metadata=metadata,
         )
         env.records[work_id] = record
-        env.queued += 1
+        env.order.append(work_id)
+        env.depth += 1
         heapq.heappush(env.ready, (record.seq, work_id))
+        heapq.heappush(env.oldest, (now_us, work_id))
         return record
 
     def poll(
@@ -828,6 +853,9 @@ class LeaseBook:
                     # back among the hand-outs, kept in hand-out order.
                     bisect.insort(handed, (last_handed_us, work_id))
                 continue
+            if record.handed_out_at_us is None:
+                env.depth -= 1
+                env.pending += 1
             rules.hand_out(record, now_us, worker_id)
             handed.append((now_us, work_id))
             return record
@@ -837,8 +865,9 @@ class LeaseBook:
         """``queued -> starting``; 409 when the item is in another state."""
         env = self._env(environment_id)
         record = self.record(environment_id, work_id, now_us)
+        slot = queue_slot(record.state, record.handed_out_at_us)
         self.rules.ack(record, now_us)
-        env.queued -= 1  # only a queued item can be acknowledged
+        self._left_queue(env, slot)  # only a queued item can be acknowledged
         self._track_deadline(env, record)
         return record
 
@@ -863,14 +892,15 @@ class LeaseBook:
         was = record.state
         rules.settle(record, now_us)
         settled = record.state
-        if settled is _Q and was is not _Q:
-            heapq.heappush(env.ready, (record.seq, work_id))
-            env.queued += 1
+        if settled is _Q:
+            if was is not _Q:
+                self._requeued(env, record)
+            slot = queue_slot(settled, record.handed_out_at_us)
         answer = rules._heartbeat_settled(
             record, now_us, expected_last_heartbeat, desired_ttl_seconds
         )
         if settled is _Q and record.state is not _Q:
-            env.queued -= 1
+            self._left_queue(env, slot)
         if answer.lease_extended:
             deadline_us = record.deadline_us
             scheduled = env.scheduled.get(work_id)
@@ -883,10 +913,9 @@ class LeaseBook:
         """See :meth:`LeaseRules.stop`."""
         env = self._env(environment_id)
         record = self.record(environment_id, work_id, now_us)
-        was = record.state
+        slot = queue_slot(record.state, record.handed_out_at_us)
         self.rules.stop(record, now_us, force=force)
-        if was is _Q:
-            env.queued -= 1  # a stop leaves queued for stopped
+        self._left_queue(env, slot)  # a stop of a queued item leaves the queue
         self._track_deadline(env, record)
         return record
 
@@ -906,22 +935,27 @@ class LeaseBook:
         limit = validate_list_limit(limit)
         after = decode_cursor(page)
         self._expire_due(env, now_us)
-        chosen: list[WorkRecord] = []
-        for record in env.records.values():  # dicts keep insertion (creation) order
-            if record.seq <= after:
-                continue
-            if len(chosen) == limit:
-                return WorkList(tuple(r.to_item() for r in chosen), encode_cursor(chosen[-1].seq))
+        records = env.records
+        order = env.order  # work ids in creation order, hence in seq order
+        start = bisect.bisect_right(order, after, key=lambda work_id: records[work_id].seq)
+        chosen = [records[work_id] for work_id in order[start : start + limit]]
+        for record in chosen:
             self._settle(env, record, now_us)
-            chosen.append(record)
-        return WorkList(tuple(r.to_item() for r in chosen), None)
+        more = start + limit < len(order)
+        cursor = encode_cursor(chosen[-1].seq) if more else None
+        return WorkList(tuple(r.to_item() for r in chosen), cursor)
 
     def stats(self, environment_id: str, now_us: int) -> QueueStats:
         """Queue depth, pending hand-outs, oldest waiting item, recent pollers."""
         env = self._env(environment_id)
         self._expire_due(env, now_us)
         self._prune_pollers(env, now_us)
-        return queue_stats(env.records.values(), env.pollers.values(), now_us)
+        oldest = env.oldest
+        while oldest and env.records[oldest[0][1]].state is not _Q:
+            heapq.heappop(oldest)  # left the queue since
+        return QueueStats(
+            env.depth, env.pending, oldest[0][0] if oldest else None, len(env.pollers)
+        )
 
     @staticmethod
     def _prune_pollers(env: _Environment, now_us: int) -> None:
@@ -933,7 +967,8 @@ class LeaseBook:
     def queued_count(self, environment_id: str) -> int:
         """How many items of the environment are queued (handed out or not), as
         of the last settle (an expiry not yet applied is not counted)."""
-        return self._env(environment_id).queued
+        env = self._env(environment_id)
+        return env.depth + env.pending
 
     def next_due_us(self, environment_id: str, reclaim_older_than_ms: int) -> int | None:
         """The earliest time (epoch us) a poll with ``reclaim_older_than_ms``
