@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import os
 import secrets
 import socket
@@ -345,6 +346,11 @@ def _serve(
             timeout_graceful_shutdown=5,
         )
     )
+    # The process is ours (a command, not a library call): keep everything made
+    # at start-up (modules, seeded items) out of the garbage collector's full
+    # passes, which otherwise stall every request for tens of milliseconds.
+    gc.collect()
+    gc.freeze()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
         server.run(sockets=[sock])
     return 0

@@ -41,6 +41,8 @@ HOLD_LIMIT_S: Final = 600.0
 """A dropped request or answer holds its connection at most this long."""
 BODY_TIMEOUT_S: Final = 10.0
 """A request body must arrive within this long of the request's head (400)."""
+REFUSAL_DELAY_S: Final = 0.5
+"""How long a 401 (unknown key) or 429 (over a limit) waits before it is sent."""
 MAX_WORKER_ID_CHARS: Final = 256
 MAX_RECLAIM_OLDER_THAN_MS: Final = 86_400_000
 
@@ -177,6 +179,8 @@ class LeaseServerApp:
         self._held = 0
         self.body_timeout_s = BODY_TIMEOUT_S
         """Seconds a request body may take to arrive after its head (then 400)."""
+        self.refusal_delay_s = REFUSAL_DELAY_S
+        """Seconds a 401 or 429 waits before it is sent (0: at once)."""
         self.limits = limits or Limits()
         rate = self.limits.requests_per_second
         self._rates = None if rate is None else RequestRates(rate, self.limits.burst)
@@ -268,6 +272,12 @@ class LeaseServerApp:
                     if isinstance(error, RateLimited)
                     else QUEUE_FULL_RETRY_AFTER_S
                 )
+            if status in (401, 429) and self.refusal_delay_s > 0:
+                # A client over its limit, or guessing keys, waits for its
+                # refusal: a flood that ignores Retry-After then sends at most
+                # one request per connection per delay instead of taking the
+                # event loop from the tenants that behave.
+                await asyncio.sleep(min(self.refusal_delay_s, retry_after_s or 60))
         except Exception:
             self._log_unexpected(route_name, request_id)
             status = 500

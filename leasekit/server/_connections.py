@@ -25,6 +25,8 @@ logger = logging.getLogger("leasekit.server")
 REQUEST_TIMEOUT_S: Final = 10.0
 """A connection must deliver a request's head (request line and headers)
 within this long of opening or of its previous answer, or it is closed."""
+MALFORMED_DELAY_S: Final = 0.5
+"""How long the answer to bytes that are not HTTP waits before it is sent."""
 LOG_EVERY_S: Final = 10.0
 """At most one log line per condition this often."""
 
@@ -130,12 +132,18 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        # Bytes h11 cannot parse: still the API's envelope, and one log line
-        # per interval (uvicorn logs a warning per request otherwise).
+        # Bytes h11 cannot parse: still the API's envelope, one log line per
+        # interval (uvicorn logs a warning per request otherwise), and sent
+        # after a delay, so that a flood of them costs its sender more than us.
         self.malformed.hit()
+        self.flow.pause_reading()
         error = ApiError(ErrorType.INVALID_REQUEST, f"malformed HTTP request: {msg}")
-        self.transport.write(_raw_error(400, error))
-        self.transport.close()
+        self.loop.call_later(MALFORMED_DELAY_S, self._refuse, _raw_error(400, error))
+
+    def _refuse(self, answer: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
 
 
 def guarded_protocol(
