@@ -136,6 +136,7 @@ class GuardedH11Protocol(H11Protocol):
         # interval (uvicorn logs a warning per request otherwise), and sent
         # after a delay, so that a flood of them costs its sender more than us.
         self.malformed.hit()
+        self._disarm()  # the refusal is on its way: no timeout closes it first
         self.flow.pause_reading()
         error = ApiError(ErrorType.INVALID_REQUEST, f"malformed HTTP request: {msg}")
         self.loop.call_later(MALFORMED_DELAY_S, self._refuse, _raw_error(400, error))
