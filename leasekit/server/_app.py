@@ -1,4 +1,4 @@
-"""The HTTP layer: a small ASGI app that routes PROTOCOL.md part A calls to a store.
+"""The HTTP layer: a small ASGI app routing the work-lease calls (docs/protocol.md) to a store.
 
 Written against raw ASGI rather than a framework's router because the
 heartbeat is the hot path: one split of the path, one dict lookup for the
