@@ -724,11 +724,30 @@ class LeaseBook:
         if record.state is _Q and was is not _Q:  # expiry only ever enters queued
             self._requeued(env, record)
 
-    @staticmethod
-    def _requeued(env: _Environment, record: WorkRecord) -> None:
+    @classmethod
+    def _requeued(cls, env: _Environment, record: WorkRecord) -> None:
         heapq.heappush(env.ready, (record.seq, record.work_id))
         heapq.heappush(env.oldest, (record.created_at_us, record.work_id))
         env.depth += 1  # a requeue clears the hand-out
+        cls._compact(env)
+
+    @staticmethod
+    def _compact(env: _Environment) -> None:
+        """Drop the stale entries of the lazy queue heaps once they outnumber
+        the queued items: without polls or stats to pop them, requeues (one
+        per lost lease) would grow them without bound. Amortised O(1)."""
+        queued = env.depth + env.pending
+        records = env.records
+        for heap in (env.ready, env.oldest):
+            if len(heap) > 2 * queued + 1024:
+                live = {
+                    work_id: key
+                    for key, work_id in heap
+                    if records[work_id].state is _Q
+                    and (heap is not env.ready or records[work_id].seq == key)
+                }
+                heap[:] = [(key, work_id) for work_id, key in live.items()]
+                heapq.heapify(heap)
 
     @staticmethod
     def _left_queue(env: _Environment, slot: int) -> None:
@@ -805,6 +824,7 @@ class LeaseBook:
         env.depth += 1
         heapq.heappush(env.ready, (record.seq, work_id))
         heapq.heappush(env.oldest, (now_us, work_id))
+        self._compact(env)
         return record
 
     def poll(

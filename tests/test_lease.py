@@ -780,3 +780,21 @@ def test_the_queued_count_follows_every_move(book: LeaseBook) -> None:
     with pytest.raises(ApiError) as caught:
         book.enqueue(ENV, T0 + TTL_US + 1, max_queued=3)
     assert caught.value.status == 429 and "limit is 3" in caught.value.message
+
+
+def test_leases_lost_again_and_again_without_polls_do_not_grow_the_book(book: LeaseBook) -> None:
+    """Each expiry requeues an item (a heap entry for hand-out order and one
+    for the oldest-queued figure); without polls or stats to pop them, the
+    stale ones must still be dropped."""
+    work_ids = [book.enqueue(ENV, T0).work_id for _ in range(5)]
+    now = T0
+    for _ in range(2_000):  # claim straight from the queue, then stay silent past the TTL
+        for work_id in work_ids:
+            book.heartbeat(ENV, work_id, now, NO_HEARTBEAT)
+        now += TTL_US + 1
+    env = book._environments[ENV]
+    assert len(env.ready) <= 2 * len(work_ids) + 1024 + 1
+    assert len(env.oldest) <= 2 * len(work_ids) + 1024 + 1
+    assert book.stats(ENV, now).depth == len(work_ids)
+    handed = [book.poll(ENV, now) for _ in work_ids]
+    assert sorted(r.work_id for r in handed if r is not None) == sorted(work_ids)
