@@ -467,3 +467,35 @@ def test_a_mixed_hostile_flood_gets_no_5xx_and_always_the_envelope(
     for answer in answers:
         assert answer.status_code < 500, answer.text
         assert answer.json().get("type") in ("error", "work"), answer.text
+
+
+def test_worker_ids_from_clients_do_not_pile_up_without_stats(tmp_path: Path) -> None:
+    """Both stores forget pollers outside the 30 s window as polls go on."""
+    from leasekit.lease import WORKERS_POLLING_WINDOW_US, LeaseBook
+    from leasekit.server._sqlite import POLLERS_PRUNE_EVERY, SqliteStore
+
+    now = time.time_ns() // 1000
+    later = now + WORKERS_POLLING_WINDOW_US + 600_000_000  # the store reads the clock too
+
+    async def sqlite_rows() -> int:
+        store = SqliteStore(tmp_path / "p.db", LeaseConfig())
+        try:
+            for n in range(POLLERS_PRUNE_EVERY):
+                await store.poll(ENV, now, f"old-{n}", 5_000)
+            for n in range(POLLERS_PRUNE_EVERY):
+                await store.poll(ENV, later, f"new-{n}", 5_000)
+            (rows,) = store._conn.execute("SELECT COUNT(*) FROM pollers").fetchone()
+            stats = await store.stats(ENV, later)
+            assert stats["workers_polling"] == POLLERS_PRUNE_EVERY
+            return int(rows)
+        finally:
+            store.close()
+
+    assert asyncio.run(sqlite_rows()) == POLLERS_PRUNE_EVERY
+    book = LeaseBook(LeaseConfig())
+    book.add_environment(ENV)
+    for n in range(5_000):
+        book.poll(ENV, now, worker_id=f"old-{n}")
+    for n in range(5_000):
+        book.poll(ENV, later, worker_id=f"new-{n}")
+    assert len(book._environments[ENV].pollers) <= 5_000 + 1

@@ -152,6 +152,17 @@ INSERT INTO queue_counts
 """
 
 
+POLLERS_PRUNE_EVERY: Final = 1024
+"""Polls with a worker id between two deletions of stale pollers."""
+
+
+def _prune_pollers(conn: sqlite3.Connection, environment_id: str, now_us: int) -> None:
+    conn.execute(
+        "DELETE FROM pollers WHERE environment_id = ? AND last_poll_us < ?",
+        (environment_id, now_us - WORKERS_POLLING_WINDOW_US),
+    )
+
+
 def _count(conn: sqlite3.Connection, environment_id: str, slot: int, delta: int) -> None:
     """Move the environment's queue counter of ``slot`` by ``delta``."""
     if slot == IN_DEPTH:
@@ -210,6 +221,7 @@ class SqliteStore:
         )
         self._writer.start()
         self._closed = False
+        self._polls_since_prune = 0  # used on the writer thread only
 
     # ------------------------------------------------------------------ plumbing
 
@@ -499,6 +511,12 @@ class SqliteStore:
                     "DO UPDATE SET last_poll_us = excluded.last_poll_us",
                     (environment_id, worker_id, now_us),
                 )
+                self._polls_since_prune += 1
+                if self._polls_since_prune >= POLLERS_PRUNE_EVERY:
+                    # Worker ids come from clients: forget stale ones now and
+                    # then, not only when someone asks for stats.
+                    self._polls_since_prune = 0
+                    _prune_pollers(conn, environment_id, now_us)
             self._settle_due(conn, environment_id, now_us)
             # Coarse filter in SQL (not handed out, or long enough ago to be
             # reclaimed); the rules decide which one may go.
@@ -615,10 +633,7 @@ class SqliteStore:
     async def stats(self, environment_id: str, now_us: int) -> Json:
         def stats(conn: sqlite3.Connection, now_us: int) -> Json:
             self._settle_due(conn, environment_id, now_us)
-            conn.execute(
-                "DELETE FROM pollers WHERE environment_id = ? AND last_poll_us < ?",
-                (environment_id, now_us - WORKERS_POLLING_WINDOW_US),
-            )
+            _prune_pollers(conn, environment_id, now_us)
             # Counters and index lookups: the cost does not grow with the queue.
             counts = conn.execute(
                 "SELECT depth, pending FROM queue_counts WHERE environment_id = ?",
