@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import operator
@@ -72,7 +73,6 @@ logger = logging.getLogger("leasekit.server")
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(WorkRecord))
 _KEY_FIELDS: Final = ("environment_id", "work_id")
-_MUTABLE: Final = _FIELDS[2:]
 assert _FIELDS[:2] == _KEY_FIELDS, "WorkRecord must start with its key fields"
 _CONFLICT_RETRIES: Final = 100
 MAX_BATCH: Final = 64
@@ -108,10 +108,18 @@ _SELECT: Final = f"SELECT {', '.join(_FIELDS)} FROM work"
 _INSERT: Final = (
     f"INSERT INTO work ({', '.join(_FIELDS)}) VALUES ({', '.join('?' for _ in _FIELDS)})"
 )
-_UPDATE: Final = (
-    f"UPDATE work SET {', '.join(f'{name} = ?' for name in _MUTABLE)} "
-    "WHERE environment_id = ? AND work_id = ? AND last_heartbeat IS ? AND version = ?"
-)
+_MUTABLE_AT: Final = tuple(range(len(_KEY_FIELDS), len(_FIELDS)))
+
+
+@functools.cache
+def _update_sql(columns: tuple[int, ...]) -> str:
+    """The conditional UPDATE of the columns at these ``_FIELDS`` positions
+    (a handful of combinations occur: one per kind of change)."""
+    assignments = ", ".join(f"{_FIELDS[at]} = ?" for at in columns)
+    return (
+        f"UPDATE work SET {assignments} "
+        "WHERE environment_id = ? AND work_id = ? AND last_heartbeat IS ? AND version = ?"
+    )
 
 
 _Work = Callable[[sqlite3.Connection, int], Any]
@@ -388,8 +396,14 @@ class SqliteStore:
         old = loaded.row
         if row == old:
             return
-        # _FIELDS starts with the key columns, then the mutable ones in order
-        cursor = conn.execute(_UPDATE, (*row[2:], *row[:2], loaded.last_heartbeat, loaded.version))
+        # Only the columns that changed: SQLite rewrites every index whose
+        # columns an UPDATE sets, changed or not, and a renewal changes no
+        # indexed column but the deadline (one WAL page less per heartbeat).
+        changed = tuple(at for at in _MUTABLE_AT if row[at] != old[at])
+        cursor = conn.execute(
+            _update_sql(changed),
+            (*(row[at] for at in changed), *row[:2], loaded.last_heartbeat, loaded.version),
+        )
         if cursor.rowcount != 1:
             raise _Conflict
         was = queue_slot(old[_STATE_AT], old[_HANDED_AT])
