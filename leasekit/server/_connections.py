@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import resource
 import time
 from typing import Any, Final
@@ -21,10 +22,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..protocol import ApiError, ErrorType, dumps
 
 logger = logging.getLogger("leasekit.server")
+_jitter = random.Random()  # our own: the global generator is the application's
 
 REQUEST_TIMEOUT_S: Final = 10.0
 """A connection must deliver a request's head (request line and headers)
-within this long of opening or of its previous answer, or it is closed."""
+within this long of opening or of its previous answer, or it is closed (the
+deadline of each connection is drawn between this and 1.5 times this, so
+that a thousand sockets opened at once are not all closed in one tick of the
+event loop)."""
 MALFORMED_DELAY_S: Final = 0.5
 """How long the answer to bytes that are not HTTP waits before it is sent."""
 LOG_EVERY_S: Final = 10.0
@@ -100,7 +105,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._request_timer = self.loop.call_later(self.request_timeout_s, self._too_slow)
+        timeout_s = self.request_timeout_s * (1.0 + 0.5 * _jitter.random())
+        self._request_timer = self.loop.call_later(timeout_s, self._too_slow)
 
     def _disarm(self) -> None:
         if self._request_timer is not None:
