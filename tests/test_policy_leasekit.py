@@ -18,9 +18,9 @@ from policy_support import TRIP_S, Play, ok
 
 from leasekit.lease import LeaseBook, LeaseConfig
 from leasekit.policy import (
+    LEASEKIT_PRESETS,
     EndReason,
     FixedPolicy,
-    LEASEKIT_PRESETS,
     HeartbeatPolicy,
     LeasekitPolicy,
     Outcome,
