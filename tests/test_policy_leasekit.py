@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -140,9 +141,7 @@ def test_v1_retry_jitter_is_bounded() -> None:
 @pytest.mark.parametrize(
     ("ttl", "timeout"), [(5, 1.0), (10, 1.0), (30, 3.0), (90, 9.0), (600, 10.0)]
 )
-def test_v1_attempt_timeout_is_a_tenth_of_ttl_between_1_and_10_s(
-    ttl: int, timeout: float
-) -> None:
+def test_v1_attempt_timeout_is_a_tenth_of_ttl_between_1_and_10_s(ttl: int, timeout: float) -> None:
     play = Play(leasekit_v1(ttl_seconds=ttl)).ok(ttl=ttl)
     assert play.send.timeout_s == pytest.approx(timeout)
     explicit = Play(leasekit(ttl_seconds=ttl, attempt_timeout_s=0.25)).ok(ttl=ttl)
@@ -503,7 +502,11 @@ networks = st.tuples(delays_s, delays_s, st.integers(0, 9), st.integers(0, 4))
 
 
 def _safety_run(
-    policy: HeartbeatPolicy, data: st.DataObject, rate: float = 1.0, until_s: float = 90.0
+    policy: HeartbeatPolicy,
+    data: st.DataObject,
+    rate: float = 1.0,
+    until_s: float = 90.0,
+    network_at: Callable[[st.DataObject, float], tuple[float, float, int, int]] | None = None,
 ) -> None:
     """A worker runs ``policy`` over a random network; a rival polls every second
     (reclaim 0), claims what it gets, and renews every two seconds.
@@ -553,7 +556,9 @@ def _safety_run(
         if kind == "send":
             send = payload
             assert isinstance(send, Send)
-            d_req, d_ans, lose_req, lose_ans = data.draw(networks)
+            d_req, d_ans, lose_req, lose_ans = (
+                data.draw(networks) if network_at is None else network_at(data, t)
+            )
             answered = lose_req != 0 and lose_ans != 0 and d_req + d_ans < send.timeout_s / rate
             if not answered:  # the client times out, whatever the server does
                 timeout_at = send.at + send.timeout_s
