@@ -134,8 +134,8 @@ class Lease:
     def deadline(self) -> float | None:
         """The local deadline the keeper holds the lease to (the imposed rule's
         when ``enforce_deadline``), else the policy's own belief."""
-        limit = self.policy.limit(enforce_deadline=self.enforce_deadline)
-        return limit if limit != math.inf else self.policy.deadline
+        deadline = self.policy.local_deadline(enforce_deadline=self.enforce_deadline)
+        return deadline if deadline is not None else self.policy.deadline
 
     @property
     def last_heartbeat(self) -> str:
@@ -187,9 +187,14 @@ class Lease:
 
     def _emit(self, event: LeaseEvent) -> None:
         if self.on_event is not None and self._failing_hook != "on_event":
-            self._failing_hook = "on_event"
-            self.on_event(event)
-            self._failing_hook = None
+            if self.error is not None:
+                # ending because a hook failed: the end event is best effort
+                with contextlib.suppress(Exception):
+                    self.on_event(event)
+            else:
+                self._failing_hook = "on_event"
+                self.on_event(event)
+                self._failing_hook = None
         for stream in self._subscribers:
             # a slow or gone subscriber must not stall the heartbeat
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
@@ -211,19 +216,27 @@ class Lease:
         self.detail = detail
         at = _now()
         try:
-            if self.trace is not None and self._failing_hook != "trace":
-                self._failing_hook = "trace"
-                self.trace.end(
-                    environment_id=self.environment_id,
-                    work_id=self.work_id,
-                    worker=self.worker,
-                    at=at,
-                    reason=reason.value if reason is not None else "released",
-                )
-                self._failing_hook = None
+            if self.trace is not None:
+                if self.error is not None:
+                    # ending because a hook failed: the end line is best effort
+                    with contextlib.suppress(Exception):
+                        self._trace_end(self.trace, at, reason)
+                else:
+                    self._failing_hook = "trace"
+                    self._trace_end(self.trace, at, reason)
+                    self._failing_hook = None
         finally:
             self._settle()
             self._emit(LeaseEvent("end", at, reason=reason, detail=detail))
+
+    def _trace_end(self, trace: TraceWriter, at: float, reason: EndReason | None) -> None:
+        trace.end(
+            environment_id=self.environment_id,
+            work_id=self.work_id,
+            worker=self.worker,
+            at=at,
+            reason=reason.value if reason is not None else "released",
+        )
 
     async def _attempt(self, send: Send, sent_at: float, timeout_s: float) -> Result:
         with anyio.move_on_after(timeout_s):

@@ -232,9 +232,9 @@ class HeartbeatPolicy(abc.ABC):
             sent_at, self.ttl_seconds, self.imposed_clock_drift
         )
 
-    def limit(self, *, enforce_deadline: bool = False) -> float:
-        """The local time (monotonic seconds) past which the holder must not
-        believe in the lease, ``inf`` when no rule applies or no lease is held.
+    def local_deadline(self, *, enforce_deadline: bool = False) -> float | None:
+        """The local deadline the rule holds the lease to (monotonic seconds),
+        ``None`` when no rule applies or before the first success.
 
         A policy with ``local_deadline_rule`` keeps its own ``deadline``. A
         driver imposing the rule on another policy (``enforce_deadline``)
@@ -242,14 +242,19 @@ class HeartbeatPolicy(abc.ABC):
         ``ttl * (1 - rho)``, whatever the policy itself believes (the
         official worker counts from the receive time, one answer trip too
         late)."""
+        if self.local_deadline_rule:
+            return self.deadline
+        if enforce_deadline:
+            return self.send_deadline
+        return None
+
+    def limit(self, *, enforce_deadline: bool = False) -> float:
+        """The local time (monotonic seconds) past which the holder must not
+        believe in the lease: :meth:`local_deadline` while a lease is held,
+        else ``inf``."""
         if not self.held:
             return _INF
-        if self.local_deadline_rule:
-            deadline = self.deadline
-        elif enforce_deadline:
-            deadline = self.send_deadline
-        else:
-            return _INF
+        deadline = self.local_deadline(enforce_deadline=enforce_deadline)
         return _INF if deadline is None else deadline
 
     def due(self, send: Send, *, enforce_deadline: bool = False) -> float:
