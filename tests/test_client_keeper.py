@@ -373,11 +373,19 @@ async def test_a_second_worker_claiming_after_expiry_ends_the_first_lease(
                 await _wait_attempts(events, 2)
                 # the whole process stalls (a long GC pause, a stopped VM) while
                 # the lease expires and another worker claims the item
-                second = threading.Thread(
-                    target=_claim_with_official_sdk, args=(own.url, work_id, claimed)
-                )
+                errors: list[BaseException] = []
+
+                def second_worker() -> None:
+                    try:
+                        _claim_with_official_sdk(own.url, work_id, claimed)
+                    except BaseException as error:  # reaches the test below
+                        errors.append(error)
+
+                second = threading.Thread(target=second_worker)
                 second.start()
                 second.join()
+                if errors:
+                    raise errors[0]
                 await anyio.sleep_forever()
     assert claimed, "the second worker did not claim the item"
     results = [e.result for e in events if e.result is not None]
