@@ -13,8 +13,10 @@ point estimates; with few events the intervals overlap, which is printed).
 
 The bound no policy can beat, at each point's own request rate ``r``:
 
-* lossy-wan (independent loss, bursts left out): each attempt fails
-  to complete a round trip with ``q = 1 - (1 - p_request)(1 - p_answer)``.
+* lossy-wan, as if its loss were independent at the same long-run rate (the
+  Gilbert-Elliott bursts' share added to each direction's loss): each
+  attempt fails to complete a round trip with
+  ``q = 1 - (1 - p_request)(1 - p_answer)``.
   Spending ``r * TTL`` attempts per TTL window in the best possible way,
   a window with no completed round trip has probability at least
   ``q ** (r * TTL)`` (Jensen: uneven spending only raises the average), and a
@@ -26,7 +28,11 @@ The bound no policy can beat, at each point's own request rate ``r``:
   ``bound(r) = pauses per hour * E[P(D > TTL - u)]`` per lease-hour.
 
 Both are lower bounds for a policy at that load, up to the stated
-idealisations; how close v2 comes is the ratio printed. The machine running
+idealisations; how close v2 comes is printed. lossy-wan's loss is in fact
+bursty (a burst lasts a number of *messages* of one worker), which no
+independent-loss bound covers: its false losses are runs of a dozen lost
+requests in one window, and the larger budgets, which spend more messages in
+a failing window, do better there. The machine running
 this may be loaded: only the simulated numbers are reported, no timings.
 
 Run: ``.venv/bin/python benchmarks/bench_policy_frontier.py [--workers 150]
@@ -39,6 +45,7 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scipy import stats
 
@@ -48,8 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("lossy-wan", "gc-pauses")
 V2_FAMILY = [
     f"leasekit:beat_fraction={beat},max_requests_per_ttl={cap}"
-    for beat in (0.2, 0.3333, 0.5)
-    for cap in (6, 15)
+    for beat in (0.25, 0.3333, 0.5, 0.55)
+    for cap in (6, 15, 30)
 ]
 
 
@@ -84,12 +91,27 @@ def _run(scenario_name: str, spec: str, workers: int, hours: float, seeds: int) 
     return Point(spec, load, events, float(lease_hours.sum()), split)
 
 
+def _direction_loss(direction: Any) -> float:
+    """The long-run loss probability of one direction: its independent loss,
+    plus the Gilbert-Elliott bad state's share when it has bursts."""
+    loss = float(direction.loss)
+    burst = direction.burst
+    if burst is None:
+        return loss
+    bad_share = burst.p_enter / (burst.p_enter + burst.p_exit)
+    return loss + (1 - loss) * bad_share * burst.loss_bad
+
+
+def _attempt_loss(scenario: Any) -> float:
+    network = scenario.network
+    return 1 - (1 - _direction_loss(network.request)) * (1 - _direction_loss(network.answer))
+
+
 def _bound(scenario_name: str, load: float) -> float:
     scenario = load_scenario(ROOT / "simulations" / f"{scenario_name}.toml")
     ttl = scenario.server.default_ttl_seconds
     if scenario_name == "lossy-wan":
-        q = 1 - (1 - scenario.network.request.loss) * (1 - scenario.network.answer.loss)
-        return 3600 / ttl * q ** (load * ttl)
+        return 3600 / ttl * _attempt_loss(scenario) ** (load * ttl)
     # gc-pauses: lognormal:MU,SIGMA pauses at rate_per_hour
     pauses = scenario.workers.pauses
     mu, sigma = (float(x) for x in pauses.duration.split(":")[1].split(","))
