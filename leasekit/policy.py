@@ -659,6 +659,9 @@ class LeasekitPolicy(HeartbeatPolicy):
     @property
     def rto_s(self) -> float:
         """The attempt timeout now (seconds), before any cut to the window."""
+        return self._rto(backed_off=True)
+
+    def _rto(self, *, backed_off: bool) -> float:
         if self.attempt_timeout_s is not None:
             return self.attempt_timeout_s
         initial = (
@@ -675,7 +678,7 @@ class LeasekitPolicy(HeartbeatPolicy):
         else:
             base = self.srtt_s + max(_RTT_GRANULARITY_S, _RTT_K * self.rttvar_s)
         base = min(ceiling, max(self.rto_min_s, base))
-        if self._timeouts_in_row:
+        if backed_off and self._timeouts_in_row:
             base = min(ceiling, base * self.rto_backoff**self._timeouts_in_row)
         return base
 
@@ -744,7 +747,7 @@ class LeasekitPolicy(HeartbeatPolicy):
         slot = window / self._attempts_left(now, limit)
         # a timeout may grow (a slower network) but only within its slot, so
         # that lost answers do not use up the window
-        timeout = min(self.rto_s, max(slot, self._unbacked_rto()))
+        timeout = min(self.rto_s, max(slot, self._rto(backed_off=False)))
         gap = max(0.0, slot - timeout)
         if overloaded:
             gap = min(2 * max(slot, gap) * 2.0 ** (self._overloads_in_row - 1), window / 2)
@@ -752,13 +755,6 @@ class LeasekitPolicy(HeartbeatPolicy):
         if retry_after > gap:
             gap = retry_after
         return self._attempt(now + gap, timeout)
-
-    def _unbacked_rto(self) -> float:
-        in_row, self._timeouts_in_row = self._timeouts_in_row, 0
-        try:
-            return self.rto_s
-        finally:
-            self._timeouts_in_row = in_row
 
     # ------------------------------------------------------------ driving
 
