@@ -275,3 +275,16 @@ def test_a_slow_network_that_suddenly_becomes_slower_never_makes_v2_believe_past
     ran = {key: SAFETY[key] - before[key] for key in SAFETY}
     assert ran["runs"] >= 100 and ran["beliefs_checked"] > 1000
     assert ran["adoptions"] > 0, "lost answers after the slowdown were adopted"
+
+
+def test_retries_are_jittered_so_a_fleet_does_not_retry_in_step() -> None:
+    def retry_at(seed: int) -> float:
+        play = Play(v2(seed)).result(Outcome.OK, after=0.002, answer=ok(ttl=TTL))
+        return play.timeout().send.at
+
+    times = {round(retry_at(seed), 9) for seed in range(20)}
+    assert len(times) == 20
+    no_jitter = {
+        round(Play(v2(s, jitter_fraction=0.0)).ok(ttl=TTL).timeout().send.at, 9) for s in range(5)
+    }
+    assert len(no_jitter) == 1
