@@ -1,0 +1,98 @@
+"""The metrics glossary and its intervals: never negative, zero still bounds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from leasekit.metrics import (
+    METRICS,
+    Totals,
+    binomial_proportion,
+    bootstrap_mean,
+    glossary_markdown,
+    poisson_rate,
+    summarize,
+)
+
+
+def test_zero_events_still_bound_the_rate_from_above() -> None:
+    estimate = poisson_rate(0, 1000.0)
+    assert estimate.value == 0.0
+    assert estimate.low == 0.0
+    # the exact Poisson upper bound for zero events at 95% is 3.689
+    assert estimate.high == pytest.approx(3.689 / 1000.0, rel=1e-3)
+
+
+def test_rare_events_never_give_a_negative_bound() -> None:
+    # the t-interval over seeds that the issue quotes went to -0.0041
+    runs = [Totals(lease_seconds=3600.0 * 100) for _ in range(5)]
+    runs[2].false_losses_give_up = 1
+    metric = summarize(runs)["false_losses_per_lease_hour"]
+    assert metric.value == pytest.approx(1 / 500)
+    assert metric.low > 0
+    assert metric.high > metric.value
+
+
+def test_garwood_matches_the_textbook_values() -> None:
+    # k = 10 events: exact 95% bounds 4.795 and 18.39
+    estimate = poisson_rate(10, 1.0)
+    assert estimate.low == pytest.approx(4.7954, rel=1e-3)
+    assert estimate.high == pytest.approx(18.390, rel=1e-3)
+
+
+def test_runs_that_disagree_more_than_poisson_widen_the_interval() -> None:
+    steady = poisson_rate(20, 4.0, counts=[5, 5, 5, 5], exposures=[1, 1, 1, 1])
+    clumped = poisson_rate(20, 4.0, counts=[20, 0, 0, 0], exposures=[1, 1, 1, 1])
+    assert steady.value == clumped.value
+    assert clumped.high - clumped.low > 1.5 * (steady.high - steady.low)
+
+
+def test_binomial_bounds_stay_inside_zero_and_one() -> None:
+    none = binomial_proportion(0, 50)
+    assert none.low == 0.0 and 0 < none.high < 0.1
+    every = binomial_proportion(50, 50)
+    assert every.high == 1.0 and 0.9 < every.low < 1.0
+
+
+def test_bootstrap_mean_is_reproducible_and_inside_the_samples() -> None:
+    samples = [30.0, 31.5, 45.0, 29.0, 60.0]
+    first, second = bootstrap_mean(samples), bootstrap_mean(samples)
+    assert first == second
+    assert min(samples) <= first.low <= first.value <= first.high <= max(samples)
+
+
+def test_totals_add_up_and_one_run_is_a_list_of_one() -> None:
+    a = Totals(lease_seconds=7200.0, false_losses_give_up=2, takeover_seconds=[40.0])
+    b = Totals(lease_seconds=3600.0, false_losses_rejection=1, takeover_seconds=[50.0])
+    both = a + b
+    assert both.lease_seconds == 10800.0 and both.false_losses == 3
+    assert both.takeover_seconds == [40.0, 50.0]
+    assert summarize(both)["false_losses_per_lease_hour"].value == pytest.approx(1.0)
+    assert summarize([a, b])["false_losses_per_lease_hour"].value == pytest.approx(1.0)
+
+
+def test_summarize_gives_every_metric_of_the_glossary_and_no_other() -> None:
+    out = summarize(Totals(lease_seconds=3600.0, requests=7200, heartbeat_answers=10))
+    assert list(out) == list(METRICS)
+    for name, estimate in out.items():
+        assert estimate.method in (METRICS[name].interval, "exact"), name
+        if not math.isnan(estimate.value):
+            assert estimate.low <= estimate.value <= estimate.high, name
+            assert estimate.low >= 0, name
+    assert out["requests_per_lease_second"].value == pytest.approx(2.0)
+
+
+def test_split_brain_with_no_episode_is_zero_and_its_episode_rate_bounds_it() -> None:
+    out = summarize(Totals(lease_seconds=36_000.0))
+    assert out["split_brain_seconds_per_lease_hour"].ci95 == (0.0, 0.0)
+    assert out["split_brain_episodes_per_lease_hour"].high == pytest.approx(0.3689, rel=1e-3)
+
+
+def test_docs_metrics_md_is_generated_from_the_glossary() -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+    assert path.read_text() == glossary_markdown(), (
+        "regenerate: leasekit.metrics.glossary_markdown()"
+    )
