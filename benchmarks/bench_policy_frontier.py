@@ -49,6 +49,7 @@ from typing import Any
 
 from scipy import stats
 
+from leasekit.metrics import poisson_rate
 from leasekit.sim import load_scenario, replicate, with_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,11 +74,8 @@ class Point:
         return self.false_losses / self.lease_hours
 
     def interval(self) -> tuple[float, float]:
-        """Exact (Garwood) Poisson 95% interval of the rate per lease-hour."""
-        k = self.false_losses
-        low = 0.0 if k == 0 else stats.chi2.ppf(0.025, 2 * k) / 2
-        high = stats.chi2.ppf(0.975, 2 * k + 2) / 2
-        return low / self.lease_hours, high / self.lease_hours
+        """The glossary's interval of the rate per lease-hour (exact Poisson)."""
+        return poisson_rate(self.false_losses, self.lease_hours).ci95
 
 
 def _run(scenario_name: str, spec: str, workers: int, hours: float, seeds: int) -> Point:
