@@ -4,6 +4,7 @@ and part C's safety under a network that suddenly becomes slower."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -13,7 +14,7 @@ from policy_support import Play, ok
 from test_policy_leasekit import ENV, SAFETY, T0, US, _safety_run
 
 from leasekit.lease import LeaseBook, LeaseConfig
-from leasekit.policy import EndReason, LeasekitPolicy, Outcome, Result, Send
+from leasekit.policy import EndReason, FixedPolicy, LeasekitPolicy, Outcome, Result, SdkPolicy, Send
 from leasekit.protocol import NO_HEARTBEAT, PreconditionFailed, WorkState
 
 TTL = 10
@@ -288,3 +289,18 @@ def test_retries_are_jittered_so_a_fleet_does_not_retry_in_step() -> None:
         round(Play(v2(s, jitter_fraction=0.0)).ok(ttl=TTL).timeout().send.at, 9) for s in range(5)
     }
     assert len(no_jitter) == 1
+
+
+@pytest.mark.parametrize("name", ["sdk", "fixed"])
+def test_the_imposed_deadline_is_anchored_at_the_send_for_every_policy(name: str) -> None:
+    """issue 8: a driver's ``enforce_deadline`` holds SdkPolicy and FixedPolicy to
+    the send time of their last success, not to the receive time they keep."""
+    policy = SdkPolicy(rng=random.Random(1)) if name == "sdk" else FixedPolicy(5.0)
+    play = Play(policy).result(Outcome.OK, after=2.0, answer=ok(ttl=TTL))
+    sent = play.sends[0].at
+    assert policy.local_deadline(enforce_deadline=True) == pytest.approx(sent + TTL * (1 - 1e-4))
+    assert policy.limit(enforce_deadline=True) == pytest.approx(sent + TTL * (1 - 1e-4))
+    assert policy.limit() == math.inf, "alone, the policy keeps its own rules"
+    late = sent + TTL  # past the send-anchored deadline, before the receive-anchored one
+    stop = policy.sending(play.send, late, enforce_deadline=True)
+    assert not isinstance(stop, Send) and stop.reason is EndReason.ASSUMED_LOST
