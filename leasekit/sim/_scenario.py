@@ -152,6 +152,12 @@ class Workers:
     past its policy's local ``deadline``. ``LeasekitPolicy`` always keeps it;
     the default (off) simulates ``sdk`` and ``fixed`` as the official worker
     loop runs them.
+
+    ``unconditional`` sends every heartbeat without
+    ``expected_last_heartbeat``: the server then renews (or takes over) the
+    lease whoever holds it, so a worker that lost its lease steals it back
+    and two workers hold one item (docs/protocol.md: why heartbeats are
+    conditional). The split-brain and double-holder metrics measure it.
     """
 
     count: int = 10
@@ -162,6 +168,7 @@ class Workers:
     request_timeout_s: float = 10.0
     timer_slack_s: float = 1e-6
     enforce_deadline: bool = False
+    unconditional: bool = False
     crashes: Crashes = field(default_factory=Crashes)
     pauses: Pauses = field(default_factory=Pauses)
 
