@@ -10,12 +10,13 @@ policy say, and tells them what happened when it happens.
 Each simulated worker is a :class:`SimWorker`: an explicit state machine
 with one method per event, driven by SimPy timeouts (documented SimPy API
 only: ``env.timeout``, ``event.callbacks``, ``env.process``). It reads like
-the keeper's loop: ``due`` (a timer until the policy's due time),
-``sending`` and the send (:meth:`SimWorker._on_due`), then ``observe``
-when the answer or the timeout reaches the worker
-(:meth:`SimWorker._on_seen`). A generator process per worker would read
-the same but costs about twice as much per heartbeat (``docs/simulator.md``
-has the measurements).
+the keeper's loop: ``due`` and ``sending`` decide when the next heartbeat
+goes out (:meth:`SimWorker._heartbeat_due`), and ``observe`` runs when its
+answer or its timeout reaches the worker (:meth:`SimWorker._on_seen`). A
+heartbeat costs two SimPy events: its processing at the server and its
+answer at the worker. A generator process per worker would read the same
+but costs far more per heartbeat (``docs/simulator.md`` has the
+measurements).
 
 A worker's events check two things before acting, so that faults need no
 knowledge of what a worker is doing: a stale event (for a generation of the
@@ -111,9 +112,11 @@ class Attempt:
         "processed_s",
         "repolled",
         "seen_s",
+        "send",
         "sent_s",
         "status",
         "timed_out",
+        "withdrawn",
         "work_id",
         "worker",
     )
@@ -152,6 +155,9 @@ class Attempt:
         self.lost = ""
         self.timed_out = False
         self.repolled = False
+        self.withdrawn = False
+        self.send: Send | None = None
+        """The policy's action this heartbeat carries out."""
 
 
 def _poisson_times(rng: Any, rate_per_hour: float, horizon_s: float) -> list[float]:
@@ -217,8 +223,6 @@ class SimWorker:
 
     def _held_back(self, event: Any, callback: Callable[[Any], None]) -> bool:
         """A paused worker handles nothing: put ``event`` off until the pause ends."""
-        if not self.pauses[0]:
-            return False
         now = self.engine.env.now
         until = self._paused_until(now)
         if until > now:
@@ -239,6 +243,7 @@ class SimWorker:
             return
         engine = self.engine
         now = engine.env.now
+        self._withdraw()
         self.alive = False
         self.gen += 1
         self.timer = None
@@ -285,7 +290,9 @@ class SimWorker:
             raise RuntimeError(f"worker {self.index}: the poll was refused for good")
 
     def _on_poll_due(self, event: Any) -> None:
-        if event.value is not self.timer or self._held_back(event, self._on_poll_due):
+        if event.value is not self.timer or (
+            bool(self.pauses[0]) and self._held_back(event, self._on_poll_due)
+        ):
             return
         self.timer = None
         self._send(Attempt(self, _POLL, self.engine.env.now, self.engine.request_timeout_s))
@@ -299,46 +306,75 @@ class SimWorker:
         self._heartbeat_due(action, now)
 
     def _heartbeat_due(self, send: Send, now: float) -> None:
-        """Wait until the policy's due time; a real event loop's timers fire
-        ``timer_slack_s`` late."""
+        """Send the next heartbeat when the policy says: at its ``due`` time
+        (a real event loop's timers fire ``timer_slack_s`` late; a paused
+        worker's when the pause ends), after ``sending``.
+
+        The send is not a SimPy event of its own: that would be a third event
+        per heartbeat (``docs/simulator.md`` has the measurements). Nothing
+        but a fault can come between this moment and the send time (the
+        attempt before it has ended, the policy is pure), so the request is
+        put on the wire for that time now, and a fault that strikes first
+        withdraws it (:meth:`_withdraw`).
+        """
         policy = self.policy
         assert policy is not None
         engine = self.engine
-        at = policy.due(send, enforce_deadline=engine.enforce_deadline)
+        enforce = engine.enforce_deadline
+        at = policy.due(send, enforce_deadline=enforce)
         at = (at if at > now else now) + engine.slack_s
         if self.pauses[0]:
             at = self._paused_until(at)
-        self.timer = send
-        engine.timeout(at - now, send).callbacks.append(self._on_due)
+        if at >= engine.end_s:
+            return  # after the run
+        action = policy.sending(send, at, enforce_deadline=enforce)
+        if not isinstance(action, Send):
+            self.timer = action
+            engine.timeout(at - now, action).callbacks.append(self._on_give_up)
+            return
+        attempt = Attempt(
+            self,
+            _HEARTBEAT,
+            at,
+            action.timeout_s + engine.slack_s,
+            self.work_id,
+            action.attempt,
+            None if engine.unconditional else action.expected_last_heartbeat,
+            action.desired_ttl_seconds,
+        )
+        attempt.send = send
+        self.timer = attempt
+        engine.heartbeats_sent += 1
+        engine.send(attempt, self._seen)
 
-    def _on_due(self, event: Any) -> None:
-        """The heartbeat is due: ``sending``, then send."""
-        send = event.value
-        if send is not self.timer or self._held_back(event, self._on_due):
+    def _withdraw(self) -> Send | None:
+        """A fault struck now: a heartbeat scheduled for now or later was never
+        sent. Returns the policy's ``Send`` it was for, or ``None``."""
+        attempt = self.timer
+        if isinstance(attempt, Attempt) and attempt.sent_s >= self.engine.env.now:
+            attempt.withdrawn = True
+            self.engine.heartbeats_sent -= 1
+            self.timer = None
+            return attempt.send
+        return None
+
+    def paused(self, until: float) -> None:
+        """A pause until ``until`` was added from now: a heartbeat scheduled in
+        it goes out when it ends instead."""
+        attempt = self.timer
+        if isinstance(attempt, Attempt) and attempt.sent_s < until:
+            send = self._withdraw()
+            if send is not None:
+                self._heartbeat_due(send, self.engine.env.now)
+
+    def _on_give_up(self, event: Any) -> None:
+        """The local deadline came before a success: ``sending`` said stop."""
+        if event.value is not self.timer or (
+            bool(self.pauses[0]) and self._held_back(event, self._on_give_up)
+        ):
             return
         self.timer = None
-        engine = self.engine
-        now = engine.env.now
-        policy = self.policy
-        assert policy is not None
-        action = policy.sending(send, now, enforce_deadline=engine.enforce_deadline)
-        if not isinstance(action, Send):
-            self._lease_over(now, EndReason.ASSUMED_LOST.value)
-            return
-        send = action
-        engine.heartbeats_sent += 1
-        self._send(
-            Attempt(
-                self,
-                _HEARTBEAT,
-                now,
-                send.timeout_s + engine.slack_s,
-                self.work_id,
-                send.attempt,
-                None if engine.unconditional else send.expected_last_heartbeat,
-                send.desired_ttl_seconds,
-            )
-        )
+        self._lease_over(self.engine.env.now, EndReason.ASSUMED_LOST.value)
 
     def _send(self, attempt: Attempt) -> None:
         self.engine.send(attempt, self._seen)
@@ -346,8 +382,10 @@ class SimWorker:
     def _on_seen(self, event: Any) -> None:
         """An answer or a timeout reaches the worker: tell the loop or the policy."""
         attempt: Attempt = event.value
-        if attempt.gen != self.gen or self._held_back(event, self._on_seen):
-            return  # it crashed since it sent this
+        if attempt.gen != self.gen or attempt.withdrawn:
+            return  # it crashed since it sent this, or never sent it
+        if self.pauses[0] and self._held_back(event, self._on_seen):
+            return
         engine = self.engine
         now = engine.env.now
         attempt.seen_s = now
@@ -447,6 +485,7 @@ class Engine:
             self.book.enqueue(ENVIRONMENT_ID, EPOCH_US, work_id=f"work_{i:05d}")
         self._acting: SimWorker | None = None
         self.heartbeats_sent = 0
+        self.end_s = scenario.duration_s
         self._request_delay = self.network.request_delay
         self._answer_delay = self.network.answer_delay
         # A lossless constant delay takes no draw: no call per message either.
@@ -566,6 +605,7 @@ class Engine:
         target.pauses[0][:] = starts
         target.pauses[1][:] = ends
         self.monitor.paused(worker, now, duration_s)
+        target.paused(now + duration_s)
 
     def _on_crash(self, event: Any) -> None:
         self._on_crash_now(event.value)
@@ -586,23 +626,25 @@ class Engine:
     # ------------------------------------------------------------------ network
 
     def send(self, attempt: Attempt, seen: Callable[[Any], None]) -> None:
-        """Put a request on the wire now; ``seen(event)`` gets the attempt
-        (``event.value``) when its answer or its timeout reaches the worker."""
+        """Put a request on the wire at ``attempt.sent_s`` (now or later);
+        ``seen(event)`` gets the attempt (``event.value``) when its answer or
+        its timeout reaches the worker."""
         attempt.callback = seen
+        now = self.env.now
         delay = self._fixed_request
         if delay is None:
             delay = self._request_delay(attempt.worker.index, attempt.kind, attempt.sent_s)
             if delay is None:
                 attempt.lost = "request"
                 attempt.timed_out = True
-                self.after(attempt.deadline_s - self.env.now, seen, attempt)
+                self.timeout(attempt.deadline_s - now, attempt).callbacks.append(seen)
                 return
         arrived_s = attempt.arrived_s = attempt.sent_s + delay
         if arrived_s >= attempt.deadline_s:
             # The worker gives up first; the request still reaches the server.
             attempt.timed_out = True
-            self.after(attempt.deadline_s - self.env.now, seen, attempt)
-        self.timeout(delay, attempt).callbacks.append(self._first_stage)
+            self.timeout(attempt.deadline_s - now, attempt).callbacks.append(seen)
+        self.timeout(arrived_s - now, attempt).callbacks.append(self._first_stage)
 
     def _answer(self, attempt: Attempt) -> None:
         """The server sends the answer back."""
@@ -629,6 +671,8 @@ class Engine:
     def _on_arrival(self, event: Any) -> None:
         """A request reaches a server with processing time, capacity or stalls."""
         attempt: Attempt = event.value
+        if attempt.withdrawn:
+            return  # never sent
         now = self.env.now
         start = now
         if self._stall_starts:
@@ -660,6 +704,8 @@ class Engine:
     def _on_process(self, event: Any) -> None:
         """The server applies a request to the ``LeaseBook`` now."""
         attempt: Attempt = event.value
+        if attempt.withdrawn:
+            return  # never sent
         now = self.env.now
         now_us = EPOCH_US + round(now * 1e6)
         attempt.processed_s = now
