@@ -91,9 +91,8 @@ class Abandon:
 
 @dataclass(slots=True, frozen=True)
 class Fail:
-    """A poll was refused for good (``status``): the worker cannot go on."""
-
-    status: int | None
+    """A poll was refused for good (bad key, unknown environment): the worker
+    cannot go on."""
 
 
 LoopAction = Poll | Ack | Hold | Abandon | Fail
@@ -142,7 +141,7 @@ class WorkerLoop:
         """A poll ended with ``outcome`` (``OK``: ``work_id`` is the item handed
         out, ``None`` for an empty poll)."""
         if outcome is Outcome.REJECTED:
-            return Fail(None)
+            return Fail()
         if outcome is not Outcome.OK:
             self.poll_failures += 1
             return Poll(now + backoff_s(self.poll_failures, self.rng))

@@ -82,6 +82,7 @@ _RENEW: Final = Event.RENEW
 _NAN: Final = math.nan
 _INF: Final = math.inf
 _OUTCOME_OF: dict[int, Outcome] = {}
+_SWEEP_EVERY_S: Final = 60.0
 
 
 def _outcome(status: int) -> Outcome:
@@ -559,6 +560,7 @@ class Engine:
         duration = self.scenario.duration_s
         if self._progress is not None:
             self.env.process(self._report_progress(self._progress, duration))
+        self.env.process(self._sweep())
         self.env.run(until=duration)
         end_us = EPOCH_US + round(duration * 1e6)
         # Lazy expiries that are due but untouched happen now, at their real times.
@@ -573,6 +575,20 @@ class Engine:
         if self._progress is not None:
             self._progress(1.0)
         return self.monitor
+
+    def _sweep(self) -> Generator[simpy.Event, None, None]:
+        """Let the server apply due expiries every minute, as a poll would.
+
+        ``LeaseBook`` files a deadline per renewal and drops the stale ones
+        when it applies due expiries (on a poll, a list or a stats call);
+        with no spare worker polling, nothing would, and memory would grow
+        with every heartbeat. Expiries are reported at their real times
+        whenever they are applied, so this changes no count.
+        """
+        while True:
+            yield self.env.timeout(_SWEEP_EVERY_S)
+            self._acting = None
+            self.book.stats(ENVIRONMENT_ID, EPOCH_US + round(self.env.now * 1e6))
 
     def _report_progress(
         self, progress: Callable[[float], None], duration: float
