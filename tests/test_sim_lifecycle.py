@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Generator
 
 import pandas as pd
+import simpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leasekit.sim import (
     Crashes,
     Direction,
+    Engine,
     Moment,
     Network,
     Pauses,
@@ -49,9 +52,10 @@ def test_a_worker_that_crashes_before_its_first_start_runs_once_after_its_restar
     assert (beats.work_id != "").all() and (beats.status != 404).all()
 
 
-def check_one_loop(events: pd.DataFrame) -> None:
-    """Per worker: nothing sent while it is down, no heartbeat without a work
-    id, and its attempts one after another (one loop, one request at a time)."""
+def check_one_loop(events: pd.DataFrame, pauses: tuple[Window, ...] = ()) -> None:
+    """Per worker: nothing sent while it is down or paused, no heartbeat
+    without a work id, and its attempts one after another (one loop, one
+    request at a time)."""
     beats = events[events.event == "heartbeat"]
     assert (beats.work_id != "").all()
     assert not (beats.status == 404).any()
@@ -75,6 +79,11 @@ def check_one_loop(events: pd.DataFrame) -> None:
             spans.append((down_since, math.inf))
         for start, end in spans:
             assert not ((mine.sent_s >= start) & (mine.sent_s < end)).any(), (worker, start, end)
+        paused = [(w.start_s, w.start_s + w.duration_s) for w in pauses if worker in w.workers]
+        added = events[(events.worker == worker) & (events.event == "pause")]
+        paused += [(t, t + float(d)) for t, d in zip(added.time_s, added.detail, strict=True)]
+        for start, end in paused:
+            assert not ((mine.sent_s > start) & (mine.sent_s < end)).any(), (worker, start, end)
 
 
 schedules = st.lists(st.tuples(st.floats(0, 600), st.integers(0, 2)), min_size=1, max_size=6).map(
@@ -85,10 +94,40 @@ pauses = st.lists(
 ).map(lambda spans: tuple(Window(start_s=t, duration_s=d, workers=(w,)) for t, d, w in spans))
 
 
+# Faults an extension adds while the run goes: (time, worker, what, seconds).
+live_faults = st.lists(
+    st.tuples(
+        st.floats(0, 600),
+        st.integers(0, 2),
+        st.sampled_from(["crash", "restart", "pause"]),
+        st.floats(0.1, 60),
+    ),
+    max_size=6,
+)
+
+
+def inject(faults: list[tuple[float, int, str, float]]) -> Callable[[Engine], None]:
+    def setup(engine: Engine) -> None:
+        def run() -> Generator[simpy.Event, None, None]:
+            for at, worker, what, seconds in sorted(faults):
+                yield engine.env.timeout(at - engine.env.now)
+                if what == "crash":
+                    engine.crash(worker)
+                elif what == "restart":
+                    engine.restart(worker)
+                else:
+                    engine.pause(worker, seconds)
+
+        engine.env.process(run())
+
+    return setup
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     crashes=schedules,
     pause_windows=pauses,
+    faults=live_faults,
     restart=st.sampled_from([None, "const:0", "const:1", "uniform:0,40", "const:120"]),
     policy=st.sampled_from(["sdk", "leasekit", "fixed:interval=3"]),
     spread=st.sampled_from([0.0, 5.0, 30.0]),
@@ -99,6 +138,7 @@ def test_any_schedule_of_crashes_restarts_and_pauses_keeps_one_loop_per_worker(
     restart: str | None,
     policy: str,
     spread: float,
+    faults: list[tuple[float, int, str, float]],
 ) -> None:
     scenario = Scenario(
         name="lifecycle",
@@ -117,8 +157,8 @@ def test_any_schedule_of_crashes_restarts_and_pauses_keeps_one_loop_per_worker(
             request=Direction(delay="uniform:0.01,0.2"), answer=Direction(delay="uniform:0.01,0.2")
         ),
     )
-    result = simulate(scenario, events=True)
-    check_one_loop(result.events)
+    result = simulate(scenario, events=True, setup=inject(faults))
+    check_one_loop(result.events, pause_windows)
     # Items are never done and nothing is lost on the wire: every lease that
     # ends while its holder lives and runs is a pause-made loss, never a 404.
     assert result.totals.false_losses_rejection == 0
