@@ -14,9 +14,9 @@ the keeper's loop: ``due`` and ``sending`` decide when the next heartbeat
 goes out (:meth:`SimWorker._heartbeat_due`), and ``observe`` runs when its
 answer or its timeout reaches the worker (:meth:`SimWorker._on_seen`). A
 heartbeat costs two SimPy events: its processing at the server and its
-answer at the worker. A generator process per worker would read the same
-but costs far more per heartbeat (``docs/simulator.md`` has the
-measurements).
+answer at the worker. A generator process per worker would read much the
+same; ``docs/simulator.md`` says why this is a state machine and measures
+both.
 
 A worker's events check two things before acting, so that faults need no
 knowledge of what a worker is doing: a stale event (for a generation of the
