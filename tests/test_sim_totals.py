@@ -115,3 +115,37 @@ def test_memory_does_not_grow_with_simulated_time_without_the_event_log() -> Non
     # Four times the heartbeats (about 120,000 more); a kept attempt alone is
     # ~250 bytes, so a log would add ~30 MB. Counting adds nothing.
     assert long < 1.25 * short + 200_000, (short, long)
+
+
+def test_the_streamed_double_holder_episodes_equal_those_of_the_event_log() -> None:
+    # Counted as the run goes, they must add up to what the whole log says:
+    # the time covered by two or more leases of one item (no pauses here).
+    scenario = hostile("sdk", 1, unconditional=True, hours=1)
+    scenario = dataclasses.replace(
+        scenario, workers=dataclasses.replace(scenario.workers, pauses=Pauses())
+    )
+    result = simulate(scenario, events=True)
+    events = result.events
+    w0, w1 = scenario.warmup_s, scenario.duration_s
+    spans: dict[str, list[tuple[float, float]]] = {}
+    started: dict[int, tuple[float, str]] = {}
+    for t, event, worker, work_id in zip(
+        events.time_s, events.event, events.worker, events.work_id, strict=True
+    ):
+        if event == "lease_start":
+            started[worker] = (t, work_id)
+        elif event == "lease_end":
+            start, item = started.pop(worker)
+            if min(t, w1) > max(start, w0):
+                spans.setdefault(item, []).append((max(start, w0), min(t, w1)))
+    expected = 0.0
+    for item_spans in spans.values():
+        edges = sorted([(s, 1) for s, _ in item_spans] + [(e, -1) for _, e in item_spans])
+        depth, last = 0, 0.0
+        for t, step in edges:
+            if depth >= 2:
+                expected += t - last
+            depth += step
+            last = t
+    assert expected > 100
+    assert sum(result.totals.double_holder_episodes) == pytest.approx(expected, rel=1e-9)
