@@ -8,7 +8,6 @@ with its 95% interval (exact Poisson on pooled counts for rates; see
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 import statistics
@@ -21,7 +20,7 @@ from scipy import stats
 
 from ..metrics import METRICS, Estimate, Totals, summarize
 from ._engine import Engine
-from ._monitor import _FALSE_LOSS_REASONS, Monitor, _minus, events_frame
+from ._monitor import events_frame
 from ._network import NetworkFactory
 from ._scenario import Scenario
 
@@ -38,10 +37,11 @@ __all__ = [
 
 
 class RunResult:
-    """One run: its ``metrics`` (the glossary's values for this run alone),
-    its ``totals`` (what it counted, :class:`leasekit.metrics.Totals`),
-    ``heartbeats_sent`` (attempts put on the wire), and the event log
-    (:attr:`events`, built on first use)."""
+    """One run: its :attr:`totals` (a :class:`leasekit.metrics.Totals`: what it
+    counted), ``metrics`` (each metric's value for this run alone, from
+    :func:`leasekit.metrics.summarize`), ``heartbeats_sent`` (attempts put on
+    the wire), and, when the run kept it (``simulate(..., events=True)``),
+    the event log (:attr:`rows`, :attr:`events`)."""
 
     def __init__(
         self,
@@ -50,9 +50,8 @@ class RunResult:
         metrics: dict[str, float],
         heartbeats_sent: int,
         *,
-        totals: Totals | None = None,
         rows: list[tuple[Any, ...]] | None = None,
-        monitor: Monitor | None = None,
+        totals: Totals | None = None,
     ) -> None:
         self.scenario = scenario
         self.seed = seed
@@ -60,13 +59,15 @@ class RunResult:
         self.heartbeats_sent = heartbeats_sent
         self.totals = totals if totals is not None else Totals(heartbeats_sent=heartbeats_sent)
         self._rows = rows
-        self._monitor = monitor
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
-        """The event log's rows, unordered (see :data:`EVENT_COLUMNS`)."""
+        """The event log's rows in the order they were recorded (see
+        :data:`EVENT_COLUMNS`); :class:`ValueError` if the run did not keep it."""
         if self._rows is None:
-            self._rows = self._monitor.all_rows() if self._monitor is not None else []
+            raise ValueError(
+                "this run did not keep its event log: run it with simulate(..., events=True)"
+            )
         return self._rows
 
     @property
@@ -84,22 +85,32 @@ def simulate(
     seed: int | None = None,
     network: NetworkFactory | None = None,
     progress: Callable[[float], None] | None = None,
+    events: bool = False,
+    setup: Callable[[Engine], None] | None = None,
 ) -> RunResult:
     """Run ``scenario`` once with ``seed`` (default: the scenario's).
 
     ``network`` builds the network model (default: the scenario's own);
-    ``progress`` is called with the fraction of simulated time done.
+    ``progress`` is called with the fraction of simulated time done;
+    ``events=True`` keeps the event log (memory grows with simulated time;
+    without it a run keeps only its counts); ``setup(engine)`` is called
+    before the run starts, to add behaviour (a SimPy process that crashes or
+    pauses workers, see ``docs/simulator.md``).
     """
     seed = scenario.seed if seed is None else seed
-    engine = Engine(scenario, seed, network=network, progress=progress)
+    engine = Engine(scenario, seed, network=network, progress=progress, events=events)
+    if setup is not None:
+        setup(engine)
     monitor = engine.run()
+    totals = monitor.totals
+    metrics = {name: estimate.value for name, estimate in summarize(totals).items()}
     return RunResult(
         scenario,
         seed,
-        monitor.metrics(),
-        monitor.heartbeats_sent,
-        totals=_totals(monitor),
-        monitor=monitor,
+        metrics,
+        totals.heartbeats_sent,
+        rows=monitor.rows if events else None,
+        totals=totals,
     )
 
 
@@ -186,7 +197,7 @@ _Outcome = tuple[dict[str, float], int, Totals, list[tuple[Any, ...]]]
 
 
 def _one(scenario: Scenario, seed: int, network: NetworkFactory | None, keep: bool) -> _Outcome:
-    result = simulate(scenario, seed=seed, network=network)
+    result = simulate(scenario, seed=seed, network=network, events=keep)
     return result.metrics, result.heartbeats_sent, result.totals, result.rows if keep else []
 
 
@@ -228,7 +239,7 @@ def replicate(
                 if progress is not None:
                     progress((i + fraction) / replications)
 
-            result = simulate(scenario, seed=s, network=network, progress=part)
+            result = simulate(scenario, seed=s, network=network, progress=part, events=i == 0)
             outcomes[i] = (
                 result.metrics,
                 result.heartbeats_sent,
@@ -243,64 +254,3 @@ def replicate(
     first = RunResult(scenario, seeds[0], metrics0, sent0, totals=totals0, rows=rows0)
     totals = tuple(outcomes[i][2] for i in range(replications))
     return Replications(scenario, pd.DataFrame(rows), first, totals)
-
-
-def _totals(monitor: Monitor) -> Totals:
-    """What a run counted, by the definitions of :mod:`._monitor` (the same
-    window, causes and exposures as :meth:`Monitor.metrics`)."""
-    w0, w1 = monitor.window_start_s, monitor.window_end_s
-    totals = Totals(heartbeats_sent=monitor.heartbeats_sent)
-    by_item: dict[str, list[tuple[float, float]]] = {}
-    for lease in monitor.leases:
-        totals.lease_seconds += max(0.0, min(lease.end_s, w1) - max(lease.start_s, w0))
-        if lease.reason in _FALSE_LOSS_REASONS and w0 <= lease.end_s <= w1:
-            name = f"false_losses_{lease.cause()}"
-            setattr(totals, name, getattr(totals, name) + 1)
-        pauses = monitor.pauses[lease.worker]
-        by_item.setdefault(lease.work_id, []).extend(
-            _minus(max(lease.start_s, w0), min(lease.end_s, w1), pauses)
-        )
-        if lease.tenure is not None and lease.tenure.expired_s < lease.end_s:
-            exposed_from = max(lease.tenure.expired_s, lease.start_s, w0)
-            totals.split_brain_episodes.extend(
-                end - start for start, end in _minus(exposed_from, min(lease.end_s, w1), pauses)
-            )
-    for spans in by_item.values():
-        totals.double_holder_episodes.extend(_overlap_episodes(spans))
-    totals.server_expiries = sum(
-        1
-        for t in monitor.tenures
-        if w0 <= t.expired_s <= w1 and not t.holder_crashed_s <= t.expired_s
-    )
-    for _worker, crash_s, tenure in monitor.crashes:
-        if tenure is None or not (w0 <= crash_s <= w1):
-            continue
-        if not tenure.claimed_s <= crash_s < tenure.expired_s:
-            continue  # it held no live lease when it died
-        later = [t for t in monitor.claims.get(tenure.work_id, ()) if t > crash_s]
-        if later:
-            totals.takeover_seconds.append(later[0] - crash_s)
-        else:
-            totals.takeovers_censored += 1
-    for a in monitor.attempts:
-        if a.kind == "heartbeat" and a.seen_s >= w0:
-            totals.heartbeat_answers += 1
-            if a.status == 412 and not a.timed_out:
-                totals.precondition_failures += 1
-    totals.requests = len(monitor.requests_s) - bisect.bisect_left(monitor.requests_s, w0)
-    return totals
-
-
-def _overlap_episodes(spans: list[tuple[float, float]]) -> list[float]:
-    """The lengths of the maximal stretches covered by two or more of ``spans``."""
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    episodes: list[float] = []
-    depth = 0
-    began = 0.0
-    for t, step in edges:
-        if depth < 2 <= depth + step:
-            began = t
-        elif depth >= 2 > depth + step and t > began:
-            episodes.append(t - began)
-        depth += step
-    return episodes
