@@ -47,14 +47,17 @@ def executor_for(
     if scheduler is not None:
         from distributed import Client
 
-        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        # distributed has no type hints: its calls are untyped
+        client = (
+            scheduler if isinstance(scheduler, Client) else Client(scheduler)  # type: ignore[no-untyped-call]
+        )
         try:
             # pure=False: two equal tasks are two tasks (no silent deduplication)
-            with client.get_executor(pure=False) as dask_executor:
+            with client.get_executor(pure=False) as dask_executor:  # type: ignore[no-untyped-call]
                 yield dask_executor
         finally:
             if client is not scheduler:
-                client.close()
+                client.close()  # type: ignore[no-untyped-call]
         return
     if processes > 1:
         with ProcessPoolExecutor(max_workers=processes) as pool:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._pool import Progress, executor_for, run_ordered
 from .metrics import METRICS, EngineResult, Estimate, Totals, summarize
-from .sim import Crashes, Scenario, ScenarioError, load_scenario, replication_seed, simulate
+from .sim import Scenario, ScenarioError, load_scenario, replication_seed, simulate
 from .sim import scenario_from_dict as _scenario_from_dict
 from .sim import with_overrides as _with_overrides
 
@@ -181,16 +181,18 @@ def _task(
         from . import fast
 
         try:
-            return fast.estimate(scenario, seed=seed, **options)
-        except fast.UnsupportedScenario as refusal:
+            answer: EngineResult = fast.estimate(scenario, seed=seed, **options)
+        except (fast.UnsupportedScenario, fast.UnreliableEstimate) as refusal:
             return _Refused(engine, str(refusal))
+        return answer
     if engine == "analytic":
         from . import analytic, fast
 
         try:
-            return analytic.estimate(scenario)
+            exact: EngineResult = analytic.estimate(scenario)
         except fast.UnsupportedScenario as refusal:
             return _Refused(engine, str(refusal))
+        return exact
     raise ValueError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
 
 
@@ -205,7 +207,8 @@ def _bar(progress: bool | Progress | None, total: int, what: str) -> Any:
     if progress is True:
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=what, unit="task", leave=False)
+        # delay: a bar only for runs long enough for someone to wait on them
+        return tqdm(total=total, desc=what, unit="task", leave=False, delay=1.0)
     return progress
 
 
@@ -240,7 +243,7 @@ def simpy_runs(
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
     base = scenario.seed if seed is None else seed
-    tasks = [
+    tasks: list[tuple[Any, ...]] = [
         ("simpy", scenario, replication_seed(base, i), {}, keep_first_events and i == 0)
         for i in range(replications)
     ]
@@ -289,10 +292,23 @@ def estimate(
         return pool_runs(runs, wall_seconds=time.perf_counter() - started)
     from . import analytic, fast
 
+    answer: EngineResult
     if engine == "fast":
         base = scenario.seed if seed is None else seed
-        return fast.estimate(scenario, seed=base, **dict(options or {}))
-    return analytic.estimate(scenario)
+        bar = _bar(progress, 1, "estimating")
+
+        def moved(fraction: float) -> None:
+            if bar is not None and fraction > bar.n:
+                bar.update(fraction - bar.n)
+
+        try:
+            answer = fast.estimate(scenario, seed=base, progress=moved, **dict(options or {}))
+        finally:
+            if progress is True and bar is not None:
+                bar.close()
+    else:
+        answer = analytic.estimate(scenario)
+    return answer
 
 
 # --------------------------------------------------------------------------- sweep
@@ -414,6 +430,8 @@ def sweep(
         else:
             assert isinstance(chunk[0], EngineResult)
             metrics, row["heartbeats_sent"] = chunk[0].metrics, chunk[0].heartbeats_sent
+            if chunk[0].diagnostics.get("stopped_by_time"):
+                note = "stopped at its time limit (max_seconds): numbers depend on machine speed"
         row["note"] = note
         for name in METRICS:
             e = metrics.get(name)
@@ -505,7 +523,7 @@ def load_study(path: str | Path) -> Study:
 
     def typed(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         value = data.get(key, default)
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             raise fail(key, f"expected {_kind_name(kind)}, got {value!r}")
         return value
 
@@ -649,14 +667,15 @@ class StudyResult:
 
 
 def false_loss_view(scenario: Scenario) -> Scenario:
-    """``scenario`` without worker crashes: what the rare-event engines
-    estimate. A crashed holder's lease is not a false loss, and the rate is
-    per held lease-hour, so crashes do not change it; they matter for
-    takeover times, which come from the SimPy engine."""
-    if scenario.workers.crashes == Crashes():
+    """``scenario`` with one work item per worker: what the rare-event
+    engines estimate (one lease's life). Spare workers only take over the
+    items of crashed holders; they do not change how a live holder's lease
+    fares, so the false-loss rate per held lease-hour is the same. Takeover
+    times, which need them, come from the SimPy engine."""
+    if scenario.workers.items_per_worker == 1:
         return scenario
     return dataclasses.replace(
-        scenario, workers=dataclasses.replace(scenario.workers, crashes=Crashes())
+        scenario, workers=dataclasses.replace(scenario.workers, items_per_worker=1.0)
     )
 
 
@@ -671,7 +690,7 @@ def run_study(
     """Sweep ``study`` with its engines and find the recommendations.
 
     The SimPy engine runs the networks as written; the rare-event engines
-    (``fast``, ``analytic``) run them without crashes (:func:`false_loss_view`).
+    (``fast``, ``analytic``) run them with one item per worker (:func:`false_loss_view`).
     """
     import pandas as pd
 
