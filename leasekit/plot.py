@@ -63,10 +63,10 @@ def axis_label(column: str) -> str:
     return f"{text} ({unit})" if unit else text
 
 
-def _figure(rows: int, columns: int) -> tuple[Figure, np.ndarray]:
+def _figure(rows: int, columns: int, width: float | None = None) -> tuple[Figure, np.ndarray]:
     from matplotlib.figure import Figure
 
-    width, height = _PANEL_SIZE
+    width, height = (width or _PANEL_SIZE[0]), _PANEL_SIZE[1]
     figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
     return figure, axes
@@ -97,10 +97,16 @@ def _default_panels(table: pd.DataFrame) -> str | None:
 
 
 def _floor(values: np.ndarray, target: float | None) -> float:
-    """A bottom for a log axis: under every positive value and the target."""
+    """A bottom for a log axis: under the positive values and the target,
+    but not so far under that rates of 1e-20 squash everything that matters
+    (values under it are drawn on it, marked as clipped)."""
     positive = values[np.isfinite(values) & (values > 0)]
-    candidates = list(positive) + ([target] if target else [])
-    return min(candidates) / 10 if candidates else 1e-6
+    if not positive.size:
+        return target / 10 if target else 1e-6
+    lowest = float(positive.min()) / 3
+    if target:
+        return min(max(lowest, target * 1e-6), target / 10)
+    return max(lowest, float(positive.max()) * 1e-12)
 
 
 def false_loss_vs_ttl(
@@ -119,7 +125,8 @@ def false_loss_vs_ttl(
     scale, and the ``target`` rate as a dashed line.
 
     A zero estimate cannot sit on a log scale: it shows as its band alone,
-    which goes down to the bottom of the axis.
+    which goes down to the bottom of the axis. Rates far under the target
+    sit on the bottom of the axis, marked with a downward triangle.
     """
     panels = _default_panels(table) if panels is None else panels
     lines = _default_lines(table, panels) if lines is None else lines
@@ -134,8 +141,12 @@ def false_loss_vs_ttl(
             value = line[metric].to_numpy(dtype=float)
             low = np.maximum(line[f"{metric}_low"].to_numpy(dtype=float), floor)
             high = line[f"{metric}_high"].to_numpy(dtype=float)
-            shown = np.where(value > 0, value, np.nan)
+            shown = np.where(value > 0, np.maximum(value, floor), np.nan)
             (drawn,) = axis.plot(xs, shown, marker="o", label=name or metric)
+            clipped = (value > 0) & (value < floor)
+            if clipped.any():
+                axis.plot(xs[clipped], shown[clipped], "v", color=drawn.get_color(), markersize=9)
+            high = np.maximum(high, floor)
             axis.fill_between(xs, low, high, alpha=0.2, color=drawn.get_color(), linewidth=0)
         if target is not None:
             axis.axhline(target, color="black", linestyle="--", linewidth=1, label="target")
@@ -192,6 +203,7 @@ def frontier(
         for axis, cost in zip(row_axes, costs, strict=True):
             for name, points in _groups(rows, color):
                 axis.scatter(points[cost], points[bound].clip(lower=floor), label=name, s=24)
+            axis.set_ylim(bottom=floor / 1.5)
             pairs = rows[[cost, bound]].to_numpy(dtype=float)
             front = pareto_front(pairs)
             chosen = rows[front].sort_values(cost)
@@ -245,10 +257,14 @@ def heatmap(
 
     column = metric if bound == "value" else f"{metric}_{bound}"
     groups = _groups(table, panels if panels in table.columns else None)
-    figure, axes = _figure(1, len(groups))
+    figure, axes = _figure(1, len(groups), width=6.0)
     values = table[column].to_numpy(dtype=float)
     positive = values[np.isfinite(values) & (values > 0)]
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    norm = None
+    if positive.size:
+        top = float(positive.max())
+        bottom = max(float(positive.min()), target * 1e-6 if target else top * 1e-12)
+        norm = LogNorm(vmin=min(bottom, top), vmax=top, clip=True)
     image = None
     for axis, (title, rows) in zip(axes[0], groups, strict=True):
         grid = rows.pivot_table(index=y, columns=x, values=column, aggfunc="first", sort=False)
@@ -274,9 +290,9 @@ def heatmap(
             )
         axis.set_xlabel(axis_label(x))
         axis.set_ylabel(axis_label(y))
-        axis.set_title(title or column, fontsize="medium")
+        note = f" (* under {target:g})" if target is not None else ""
+        axis.set_title(f"{title or column}{note}", fontsize="medium")
     if image is not None:
         what = {"value": "", "low": ", lower 95% bound", "high": ", upper 95% bound"}[bound]
-        note = " (* under the target)" if target is not None else ""
-        figure.colorbar(image, ax=list(axes[0]), label=f"{axis_label(metric)}{what}{note}")
+        figure.colorbar(image, ax=list(axes[0]), label=f"{axis_label(metric)}{what}")
     return figure
