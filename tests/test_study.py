@@ -128,7 +128,7 @@ def test_the_shipped_default_study_loads() -> None:
         (lambda t: t.replace('policy = ["sdk", "leasekit"]\n', ""), "grid.policy"),
         (lambda t: t.replace("workers = 6", "workers = 0"), "run.workers"),
         (lambda t: t.replace("[fast]", "[fast]\nturbo = 1"), "fast.turbo"),
-        (lambda t: t.replace("[grid]", "colour = 1\n[grid]"), "colour"),
+        (lambda t: "colour = 1\n" + t, "colour"),
         (lambda t: t.replace('lan = "', 'lan = "missing-'), "networks.lan"),
     ],
 )  # fmt: skip
