@@ -25,7 +25,7 @@ from leasekit.study import (
     winners,
 )
 
-FAST = {"fast": {"rel_halfwidth": 0.3, "max_seconds": 60.0}}
+FAST = {"fast": {"rel_halfwidth": 0.5, "max_seconds": 60.0}}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_serial_process_pool_and_dask_give_identical_tables(dask_address: str) -
     assert (fast["false_losses_per_lease_hour_interval"] == "importance_sampling").all()
     assert (fast["false_losses_per_lease_hour_high"] > 0).all()
     # a different seed, different numbers: the seed really travels with the tasks
-    other = sweep(networks, **{**kwargs, "seed": 10})  # type: ignore[arg-type]
+    other = sweep(networks, **{**kwargs, "seed": 10, "engines": ("simpy",)})  # type: ignore[arg-type]
     assert not serial["requests_per_lease_second"].equals(other["requests_per_lease_second"])
 
 
