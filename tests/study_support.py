@@ -33,6 +33,7 @@ engines = {engines}
 workers = 6
 hours = 0.25
 warmup_s = 60.0
+"workers.crashes.rate_per_hour" = 6.0   # takeovers to time in a quarter of an hour
 
 [grid]
 policy = ["sdk", "leasekit"]
