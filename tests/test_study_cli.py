@@ -116,7 +116,9 @@ def test_from_trace_studies_the_network_fitted_to_a_trace_the_client_recorded(
     assert {r["network"] for r in document["recommendations"]} == {"trace kept.jsonl"}
     page = (out / "index.html").read_text()
     assert "The recorded trace" in page and "kept.jsonl" in page
-    assert "expiries_high" in page  # replay's what-if of the trace as recorded
+    section = page[page.index("The recorded trace") :]
+    # replay's what-if of the trace as recorded: a row per TTL of the grid
+    assert "false_losses_per_lease_hour" in section and "<td>30</td>" in section
     results = pd.read_csv(out / "results.csv")
     assert set(results["network"]) == {"trace kept.jsonl"} and len(results) == 4
     fitted = load_scenario(out / "scenarios" / "trace-kept-jsonl.toml")
