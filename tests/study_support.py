@@ -44,8 +44,8 @@ rel_halfwidth = 0.3
 max_seconds = 60
 
 [networks]
-lan = "{SIMULATIONS / 'lan.toml'}"
-gc-host = "{SIMULATIONS / 'gc-host.toml'}"
+lan = "{SIMULATIONS / "lan.toml"}"
+gc-host = "{SIMULATIONS / "gc-host.toml"}"
 """
     )
     return path

@@ -210,6 +210,6 @@ def test_the_recommendation_is_the_smallest_ttl_under_the_target_and_picks_a_win
     assert winners(found) == {"lan": "leasekit", "wan": None}
     document = by_key["lan", "sdk"].to_dict()
     assert document["false_losses_per_lease_hour"] == {"value": 1e-5, "ci95": [0.0, 5e-5]}
-    assert Recommendation("wan", "sdk", None, None, None, None, None).to_dict()[
-        "ttl_seconds"
-    ] is None
+    assert (
+        Recommendation("wan", "sdk", None, None, None, None, None).to_dict()["ttl_seconds"] is None
+    )
