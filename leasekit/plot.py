@@ -293,6 +293,6 @@ def heatmap(
         note = f" (* under {target:g})" if target is not None else ""
         axis.set_title(f"{title or column}{note}", fontsize="medium")
     if image is not None:
-        what = {"value": "", "low": ", lower 95% bound", "high": ", upper 95% bound"}[bound]
+        what = {"value": "", "low": "\nlower 95% bound", "high": "\nupper 95% bound"}[bound]
         figure.colorbar(image, ax=list(axes[0]), label=f"{axis_label(metric)}{what}")
     return figure
