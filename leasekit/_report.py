@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .metrics import INTERVALS, METRICS
-from .study import RARE_METRICS, Recommendation, StudyResult, _plain
+from .study import Recommendation, StudyResult, _plain
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -280,9 +280,14 @@ def _html(
         f"<li><b>{e(network)}</b>: {e(verdict(result, network, policy))}</li>"
         for network, policy in result.winners.items()
     )
-    notes = sorted({n for n in result.combined["note"] if n})
+    notes = [
+        f"{row['network']}, {row['policy']}, TTL {row['ttl_seconds']} s, {row['engine']} engine: "
+        f"{row['note']}"
+        for _, row in result.table.iterrows()
+        if row["note"]
+    ]
     notes_html = (
-        "<h3>What the engines could not do</h3><ul>"
+        "<h3>What the engines could not do (the next engine's number stands in)</h3><ul>"
         + "".join(f"<li>{e(n)}</li>" for n in notes)
         + "</ul>"
         if notes
@@ -303,7 +308,7 @@ def _html(
 tables above is this fit, at the scale of the study):</p><ul>{fit}</ul>
 <p>What the trace as recorded would have met at each TTL (server expiries replayed from its
 arrival times by <code>leasekit.lease.LeaseRules</code>, with bounds):</p>{what_if}"""
-    rare = ", ".join(RARE_METRICS[:2])
+    rare = "false_losses_per_lease_hour and its causes, server_expiries_per_lease_hour"
     engines = ", ".join(study.engines)
     intervals = "".join(
         f"<li><b>{e(k)}</b>: {e(v)}</li>"
@@ -333,7 +338,7 @@ stay under <b>{study.target:g}</b> with 95% confidence (the upper bound of the i
 the mean takeover time after a crash and the server load at that TTL.</p>
 {_recommendation_table(result.recommendations)}
 <ul>{verdicts}</ul>
-<p>Engines: {e(engines)}. The rare-event rates ({e(rare)} and their causes) come from the
+<p>Engines: {e(engines)}. The rare-event rates ({e(rare)}) come from the
 engine named in each row (analytic, then fast, then SimPy, the best that gave a number; the
 fast and analytic engines study one lease's life, one item per worker); takeover time and
 server load always come from the SimPy engine ({study.replications} seeds per point, counts

@@ -90,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ScenarioError as error:
         return _fail(str(error))
-    command = "leasekit study " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])
-    index = write_report(result, args.out, command=command.strip(), trace=trace)
+    index = write_report(result, args.out, command=_command(args, path), trace=trace)
     if args.json:
         print(
             json.dumps(
@@ -108,6 +107,18 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(recommendation_lines(result)))
     print(f"report: {index} ({result.wall_seconds:.1f} s)")
     return 0
+
+
+def _command(args: argparse.Namespace, path: Path) -> str:
+    """The command that gives the same numbers (where the runs go does not matter)."""
+    words = ["leasekit", "study", str(path), "--out", str(args.out)]
+    if args.from_trace is not None:
+        words += ["--from-trace", str(args.from_trace)]
+    if args.target is not None:
+        words += ["--target", f"{args.target:g}"]
+    for engine in args.engine or ():
+        words += ["--engine", engine]
+    return shlex.join(words)
 
 
 def _from_trace(study: Any, trace_path: Path) -> tuple[Any, Any]:
