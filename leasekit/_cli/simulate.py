@@ -165,7 +165,7 @@ def _print(scenario: Any, args: argparse.Namespace, result: Any, runs: list[Any]
     for name, e in result.metrics.items():
         if math.isnan(e.value):
             ci = ""
-        elif e.low == e.high:
+        elif e.method in ("exact", "closed_form"):
             ci = f"exact ({e.method})"
         else:
             ci = f"[{e.low:.4g}, {e.high:.4g}] ({e.method})"
