@@ -342,7 +342,7 @@ def sweep(
     executor: Executor | None = None,
     processes: int = 1,
     scheduler: str | Client | None = None,
-    progress: bool | Progress | None = False,
+    progress: bool | Progress | None = True,
 ) -> pd.DataFrame:
     """Run every network x grid point x engine and tabulate every metric.
 
@@ -354,7 +354,8 @@ def sweep(
     scenario's) per point; the fast engine one estimate from ``seed`` with
     ``options["fast"]``. Runs go to ``executor``, a pool of ``processes``, or
     the Dask ``scheduler`` (a Client or an address); ``progress`` shows a
-    ``tqdm.auto`` bar (or updates the one given).
+    ``tqdm.auto`` bar once a sweep has run a second (``False``: none; or
+    pass a bar to update).
 
     Returns one row per combination: ``network``, a column per grid field,
     ``engine``, ``replications``, ``seed`` (the base seed), ``heartbeats_sent``,
@@ -685,7 +686,7 @@ def run_study(
     executor: Executor | None = None,
     processes: int = 1,
     scheduler: str | Client | None = None,
-    progress: bool | Progress | None = False,
+    progress: bool | Progress | None = True,
 ) -> StudyResult:
     """Sweep ``study`` with its engines and find the recommendations.
 
