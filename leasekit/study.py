@@ -58,12 +58,18 @@ __all__ = [
     "Study",
     "StudyError",
     "StudyResult",
+    "combine",
     "estimate",
+    "false_loss_view",
     "load_study",
+    "pool_runs",
+    "recommend",
     "run_study",
     "set_field",
     "simpy_runs",
     "sweep",
+    "winners",
+    "with_run",
 ]
 
 ENGINES: Final = ("simpy", "fast", "analytic")
