@@ -105,3 +105,21 @@ def test_axis_labels_carry_the_glossarys_units() -> None:
     assert plot.axis_label("takeover_seconds_mean") == "mean takeover time (s)"
     assert plot.axis_label("split_brain_seconds_per_lease_hour").endswith("(s/h)")
     assert plot.axis_label("network.request.loss") == "request loss probability (1)"
+
+
+def test_a_heatmap_over_ttl_and_loss_from_a_sweep_of_both(tmp_path: Path) -> None:
+    scenario = small("cross-region")
+    table = sweep(
+        scenario,
+        {"ttl_seconds": [10, 30], "network.request.loss": [0.01, 0.05]},
+        replications=1,
+        seed=2,
+        progress=False,
+    )
+    assert sorted(table["network.request.loss"].unique()) == [0.01, 0.05]
+    figure = plot.heatmap(table, "ttl_seconds", "network.request.loss", panels=None)
+    (axis,) = [a for a in figure.axes if a.get_ylabel() == "request loss probability (1)"]
+    assert axis.get_xlabel() == "TTL granted by the server (s)"
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["0.01", "0.05"]
+    assert len(axis.texts) == 4
+    assert _png(figure, tmp_path / "h.png") == b"\x89PNG\r\n\x1a\n"
