@@ -110,7 +110,7 @@ def recommendation_lines(result: StudyResult) -> list[str]:
     ]
     for r in result.recommendations:
         if r.ttl_seconds is None or r.false_losses is None:
-            lines.append(f"{r.network:16s} {r.policy:10s} {'none':>6s}  no TTL of the grid")
+            lines.append(f"{r.network:16s} {r.policy:10s} {'none':>6s}  {closest(result, r)}")
             continue
         e = r.false_losses
         rate = f"{number(e.value)} [{number(e.low)}, {number(e.high)}] ({r.engine})"
@@ -121,6 +121,23 @@ def recommendation_lines(result: StudyResult) -> list[str]:
     for network, policy in result.winners.items():
         lines.append(f"{network}: {verdict(result, network, policy)}")
     return lines
+
+
+def closest(result: StudyResult, r: Recommendation) -> str:
+    """For a network and policy that meets the target at no TTL: the lowest
+    upper bound the grid reached, where, and from which engine."""
+    name = "false_losses_per_lease_hour"
+    rows = result.combined[
+        (result.combined["network"] == r.network) & (result.combined["policy"] == r.policy)
+    ]
+    rows = rows[rows[f"{name}_high"].notna()]
+    if rows.empty:
+        return "no engine gave a false-loss rate"
+    best = rows.loc[rows[f"{name}_high"].idxmin()]
+    return (
+        f"none of the grid; lowest upper bound {number(best[f'{name}_high'])} "
+        f"at TTL {best['ttl_seconds']} s ({best[f'{name}_engine']})"
+    )
 
 
 def verdict(result: StudyResult, network: str, policy: str | None) -> str:
@@ -219,16 +236,16 @@ def _cell(row: Any, name: str) -> str:
     return f"{number(value)} [{number(low)}, {number(high)}]"
 
 
-def _recommendation_table(recommendations: list[Recommendation]) -> str:
+def _recommendation_table(result: StudyResult) -> str:
     head = (
         "<tr><th>network</th><th>policy</th><th>TTL (s)</th>"
         "<th>false losses per lease-hour [95% CI] (1/h)</th><th>from engine</th>"
         "<th>mean takeover time (s)</th><th>requests per lease-second (1/s)</th></tr>"
     )
     rows = []
-    for r in recommendations:
+    for r in result.recommendations:
         if r.ttl_seconds is None or r.false_losses is None:
-            cells = [r.network, r.policy, "none in the grid", "", "", "", ""]
+            cells = [r.network, r.policy, "none", closest(result, r), "", "", ""]
         else:
             e = r.false_losses
             cells = [
@@ -336,7 +353,7 @@ img {{ max-width: 100%; }} figcaption {{ font-style: italic; }}
 <p>For each network and policy, the smallest TTL of the grid whose false losses per lease-hour
 stay under <b>{study.target:g}</b> with 95% confidence (the upper bound of the interval), with
 the mean takeover time after a crash and the server load at that TTL.</p>
-{_recommendation_table(result.recommendations)}
+{_recommendation_table(result)}
 <ul>{verdicts}</ul>
 <p>Engines: {e(engines)}. The rare-event rates ({e(rare)}) come from the
 engine named in each row (analytic, then fast, then SimPy, the best that gave a number; the
