@@ -135,7 +135,7 @@ def closest(result: StudyResult, r: Recommendation) -> str:
         return "no engine gave a false-loss rate"
     best = rows.loc[rows[f"{name}_high"].idxmin()]
     return (
-        f"none of the grid; lowest upper bound {number(best[f'{name}_high'])} "
+        f"lowest upper bound {number(best[f'{name}_high'])} "
         f"at TTL {best['ttl_seconds']} s ({best[f'{name}_engine']})"
     )
 
