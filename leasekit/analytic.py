@@ -214,8 +214,8 @@ def estimate(scenario: Scenario) -> EngineResult:
     no answer lost, every answer back within the interval (request plus
     answer delay below it; exponential tails past their 1e-12 quantile are
     neglected), request delays ``const``, ``uniform``, ``exp`` or
-    ``shiftexp``, no pauses and no crashes, a TTL that is not a whole number
-    of intervals (there the timer slack decides). Every loss is then a
+    ``shiftexp``, no pauses and no crashes, and with a constant delay a TTL
+    that is not a whole number of intervals (there the timer slack decides). Every loss is then a
     server expiry answered by a 412. ``requests_per_lease_second`` counts the
     heartbeats the server processes plus a poll, an ack and a claim per
     lease (the poll finds an item at once). ``lease_hours`` is the scenario's
@@ -277,7 +277,7 @@ def estimate(scenario: Scenario) -> EngineResult:
     config = LeaseConfig(server.default_ttl_seconds, server.min_ttl_seconds, server.max_ttl_seconds)
     ttl = LeaseRules(config).resolve_ttl(policy.desired_ttl_seconds, config.default_ttl_seconds)
     slots = ttl / interval
-    if abs(slots - round(slots)) < 1e-9:
+    if request.kind == "const" and abs(slots - round(slots)) < 1e-9:
         raise UnsupportedScenario(
             "server.default_ttl_seconds",
             f"a TTL of {ttl} s is a whole number of intervals ({interval:g} s): whether the "
