@@ -250,6 +250,7 @@ class _Runner:
             workers.pauses.rate_per_hour / 3600.0,
         )
         self.nominal = _Net(scenario, self.nominal_tilt, stream("nominal"))
+        self.side = _Net(scenario, self.nominal_tilt, stream("claims"))
         self.branch_rng = stream("branch")
         self.expiries: list[float] = []
         self.heartbeats = 0
@@ -383,14 +384,17 @@ class _Runner:
 
     def _claim(self, t: float, *, chain: bool = True) -> _Lease:
         """A new lease run to its first observed success (on the nominal chain
-        unless ``chain`` is false). Counts the server expiries of the tries
-        that never held a lease (a claim applied whose answer was lost)."""
+        unless ``chain`` is false: then on a network of its own, so that the
+        chain's channel and pause states stay as they are). Counts the server
+        expiries of the tries that never held a lease (a claim applied whose
+        answer was lost)."""
+        net = self.nominal if chain else self.side
         for _ in range(1000):
             lease = self._new_lease(t)
-            self.nominal.pauses.reset(t)
+            net.pauses.reset(t)
             acc = [0.0] * _SLOTS
             self.expiries.clear()
-            how = self._segment(lease, self.nominal, acc)
+            how = self._segment(lease, net, acc)
             held = how == _RENEWED and lease.policy.held
             if not held:
                 self._finish(lease, acc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from typing import Any
 
 import pytest
 from scipy import stats
@@ -216,7 +217,7 @@ def test_empirical_delays_by_inversion_draw_every_sample_alike() -> None:
     assert [quantile(delay, u, ordered) for u in (0.0, 0.34, 0.67, 0.999)] == [1, 2, 3, 3]
 
 
-REFUSED = {
+REFUSED: dict[str, dict[str, Any]] = {
     "workers.crashes.schedule": {"workers": Workers(crashes=Crashes(schedule=(Moment(5.0),)))},
     "workers.pauses.schedule": {"workers": Workers(pauses=Pauses(schedule=(Window(5.0, 1.0),)))},
     "workers.items_per_worker": {"workers": Workers(items_per_worker=0.5)},
