@@ -139,7 +139,8 @@ def failure_detector_qos(
     """Chen, Toueg and Aguilera's QoS of the lease timer (see the module
     docstring), seconds and a probability, keyed by glossary names.
 
-    ``detection_seconds_max`` is left out when the delay is unbounded.
+    ``detection_seconds_max`` is left out when the delay is unbounded, and the
+    mistake times when no mistake can happen (no loss).
     """
     _check(interval_s, ttl_s, loss)
     x, w = _grid(delay, points)
@@ -155,9 +156,7 @@ def failure_detector_qos(
         out["mistake_recurrence_seconds_mean"] = 1 / mistakes_per_s
         out["mistake_duration_seconds_mean"] = duration
         out["query_accuracy_probability"] = 1 - duration * mistakes_per_s
-    else:
-        out["mistake_recurrence_seconds_mean"] = math.inf
-        out["mistake_duration_seconds_mean"] = 0.0
+    else:  # no mistake ever: T_MR and T_M are left out (infinite, undefined)
         out["query_accuracy_probability"] = 1.0
     # E over the crash phase u ~ U[0, interval) of max(0, a - u)
     detection = 0.0

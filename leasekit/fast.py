@@ -666,6 +666,14 @@ def estimate(
     def elapsed() -> float:
         return time.perf_counter() - began
 
+    done = [0.0]
+
+    def report(fraction: float) -> None:
+        # never backwards: the work still needed is re-estimated as the interval narrows
+        if progress is not None and fraction > done[0]:
+            done[0] = fraction
+            progress(fraction)
+
     # A nominal pilot: the scale of a segment (for the pauses' first tilt), and
     # whether losses are rare enough for a tilt to pay (a needless tilt only
     # adds the variance of its weights).
@@ -701,8 +709,7 @@ def estimate(
             updated = _ce_update(tilt, nominal, acc[elite], w[elite], max_pause_rate)
             change = _change(tilt, updated)
             tilt = updated
-            if progress is not None:
-                progress(min(0.2, 0.2 * rounds / _CE_ROUNDS))
+            report(min(0.2, 0.2 * rounds / _CE_ROUNDS))
             if final and change < 0.1:
                 break
             if elapsed() > max_seconds / 3:
@@ -720,9 +727,8 @@ def estimate(
         value, _low, high = _per_hour(sample.loss, lengths)
         achieved = (high - value) / value if value > 0 else math.inf
         n = len(sample.loss)
-        if progress is not None:
-            needed = n * (achieved / rel_halfwidth) ** 2 if math.isfinite(achieved) else 2 * n
-            progress(min(0.99, max(0.2 + 0.8 * n / max(needed, n), elapsed() / max_seconds)))
+        needed = n * (achieved / rel_halfwidth) ** 2 if math.isfinite(achieved) else 2 * n
+        report(min(0.99, max(0.2 + 0.8 * n / max(needed, n), elapsed() / max_seconds)))
         if achieved <= rel_halfwidth and n >= 2 * _BATCH:
             break
         if not _tiltable(scenario) and n >= 4 * _BATCH:
@@ -732,8 +738,7 @@ def estimate(
             break
     result = _result(scenario, runner, sample, tilt, rounds, stopped_by_time, rel_halfwidth)
     result.wall_seconds = elapsed()
-    if progress is not None:
-        progress(1.0)
+    report(1.0)
     return result
 
 
@@ -842,4 +847,6 @@ def _result(
         "stopped_by_time": float(stopped_by_time),
         **tilt.describe(),
     }
-    return EngineResult("fast", metrics, heartbeats_sent=runner.heartbeats, diagnostics=diagnostics)
+    # JSON has no inf or nan: a diagnostic that is not a number is left out
+    finite = {name: value for name, value in diagnostics.items() if math.isfinite(value)}
+    return EngineResult("fast", metrics, heartbeats_sent=runner.heartbeats, diagnostics=finite)

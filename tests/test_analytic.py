@@ -138,3 +138,14 @@ def test_answers_slower_than_the_interval_are_refused() -> None:
     assert parse_delay("uniform:0.1,0.3").mean == pytest.approx(0.2)
     # the same flags with a shorter delay are inside the model
     analytic.estimate(fixed(0.4, 1, "uniform:0.05,0.15", 0.1))
+
+
+def test_without_loss_there_is_no_mistake_and_json_has_no_infinity() -> None:
+    result = analytic.estimate(fixed(0.4, 1, "const:0", 0.0))
+    metrics = result.metrics
+    assert metrics["server_expiries_per_lease_hour"].value == 0
+    assert metrics["query_accuracy_probability"].value == 1
+    assert "mistake_recurrence_seconds_mean" not in metrics
+    import json
+
+    json.dumps(result.to_dict(), allow_nan=False)

@@ -4,6 +4,7 @@ agree with where brute force can measure, and what it refuses."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 from typing import Any
@@ -236,3 +237,13 @@ def test_features_it_does_not_model_are_refused_by_name(field: str) -> None:
         fast.estimate(sc)
     assert caught.value.field == field
     assert field in str(caught.value)
+
+
+def test_progress_runs_from_zero_to_one_and_the_answer_is_plain_json() -> None:
+    import json
+
+    seen: list[float] = []
+    result = fast.estimate(SHARED["sdk-loss-crashes"], seed=1, progress=seen.append)
+    assert seen and seen[-1] == 1.0
+    assert all(0 <= a <= b <= 1 for a, b in itertools.pairwise(seen))
+    json.dumps(result.to_dict(), allow_nan=False)
