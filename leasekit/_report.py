@@ -133,7 +133,7 @@ def closest(result: StudyResult, r: Recommendation) -> str:
     rows = rows[rows[f"{name}_high"].notna()]
     if rows.empty:
         return "no engine gave a false-loss rate"
-    best = rows.loc[rows[f"{name}_high"].idxmin()]
+    best = rows.sort_values(f"{name}_high", kind="stable").iloc[0]
     return (
         f"lowest upper bound {number(best[f'{name}_high'])} "
         f"at TTL {best['ttl_seconds']} s ({best[f'{name}_engine']})"
