@@ -169,7 +169,8 @@ def _print(scenario: Any, args: argparse.Namespace, result: Any, runs: list[Any]
             ci = f"exact ({e.method})"
         else:
             ci = f"[{e.low:.4g}, {e.high:.4g}] ({e.method})"
-        print(f"{name:44s} {METRICS[name].unit:>5s} {e.value:11.4g}   {ci}")
+        unit = METRICS[name].unit if name in METRICS else ""
+        print(f"{name:44s} {unit:>5s} {e.value:11.4g}   {ci}")
     print(
         f"{result.heartbeats_sent} heartbeats simulated in {result.wall_seconds:.1f} s"
         + (f"; event log and metrics in {args.out}{os.sep}" if args.out else "")
