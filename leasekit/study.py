@@ -178,7 +178,7 @@ def _task(
     """One unit of work; module-level so that process pools and Dask can ship it."""
     if engine == "simpy":
         started = time.perf_counter()
-        result = simulate(scenario, seed=seed, progress=progress)
+        result = simulate(scenario, seed=seed, progress=progress, events=keep_events)
         totals: Totals = result.totals
         rows = tuple(result.rows) if keep_events else ()
         wall = time.perf_counter() - started
