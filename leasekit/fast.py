@@ -202,14 +202,13 @@ class _Net:
 class _Lease:
     """One lease as it stands between two draws: what a branch copies."""
 
-    __slots__ = ("action", "now", "pending", "policy", "record", "seq", "started")
+    __slots__ = ("action", "now", "pending", "policy", "record", "seq")
 
     def __init__(self, policy: HeartbeatPolicy, record: WorkRecord, action: Send, now: float):
         self.policy = policy
         self.record = record
         self.action = action
         self.now = now
-        self.started = now
         self.seq = 0
         # requests still on their way to the server after their attempt timed out
         self.pending: list[tuple[float, int, str, int | None]] = []
@@ -407,7 +406,6 @@ class _Runner:
                 self.leases += 1
             if held:
                 self.claims += 1
-                lease.started = lease.now
                 return lease
             t = lease.now
         raise ValueError(
