@@ -788,7 +788,7 @@ def _result(
         if _tiltable(scenario):
             raise UnreliableEstimate(
                 f"no tilted segment of {n} ended in a false loss: the rate is too small for "
-                "this tilt to find (raise max_seconds, or the loss or delay of the scenario)"
+                "this tilt to find in the time given (raise max_seconds)"
             )
         # Nothing random to tilt: plain segments, and a Poisson bound on zero events.
         bound = poisson_rate(0, (runner.held_s + float(lengths.sum())) / 3600)
