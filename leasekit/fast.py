@@ -202,14 +202,13 @@ class _Net:
 class _Lease:
     """One lease as it stands between two draws: what a branch copies."""
 
-    __slots__ = ("action", "now", "pending", "policy", "record", "seq", "started")
+    __slots__ = ("action", "now", "pending", "policy", "record", "seq")
 
     def __init__(self, policy: HeartbeatPolicy, record: WorkRecord, action: Send, now: float):
         self.policy = policy
         self.record = record
         self.action = action
         self.now = now
-        self.started = now
         self.seq = 0
         # requests still on their way to the server after their attempt timed out
         self.pending: list[tuple[float, int, str, int | None]] = []
@@ -407,7 +406,6 @@ class _Runner:
                 self.leases += 1
             if held:
                 self.claims += 1
-                lease.started = lease.now
                 return lease
             t = lease.now
         raise ValueError(
@@ -790,7 +788,7 @@ def _result(
         if _tiltable(scenario):
             raise UnreliableEstimate(
                 f"no tilted segment of {n} ended in a false loss: the rate is too small for "
-                "this tilt to find (raise max_seconds, or the loss or delay of the scenario)"
+                "this tilt to find in the time given (raise max_seconds)"
             )
         # Nothing random to tilt: plain segments, and a Poisson bound on zero events.
         bound = poisson_rate(0, (runner.held_s + float(lengths.sum())) / 3600)

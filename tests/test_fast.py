@@ -247,3 +247,13 @@ def test_progress_runs_from_zero_to_one_and_the_answer_is_plain_json() -> None:
     assert seen and seen[-1] == 1.0
     assert all(0 <= a <= b <= 1 for a, b in itertools.pairwise(seen))
     json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_an_estimate_without_enough_lost_segments_is_refused() -> None:
+    """GC pauses that end a lease only past 100 s, and no time to find them:
+    the engine refuses rather than report a rate it has not seen."""
+    sc = scenario(
+        "leasekit", 150, pauses=Pauses(rate_per_hour=2, duration="lognormal:0.5,1"), workers=10
+    )
+    with pytest.raises(fast.UnreliableEstimate, match="ended in a false loss"):
+        fast.estimate(sc, seed=1, max_seconds=0.01)
