@@ -43,7 +43,6 @@ from ._run import (
     replication_seed,
     simulate,
 )
-from ._run import t_interval as t_interval  # deprecated, not in __all__
 from ._scenario import (
     Burst,
     Crashes,

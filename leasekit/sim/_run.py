@@ -8,15 +8,10 @@ with its 95% interval (exact Poisson on pooled counts for rates; see
 
 from __future__ import annotations
 
-import math
 import random
-import statistics
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from scipy import stats
 
 from ..metrics import METRICS, Estimate, Totals, summarize
 from ._engine import Engine
@@ -120,33 +115,6 @@ def replication_seed(base_seed: int, index: int) -> int:
     if index == 0:
         return base_seed
     return random.Random(f"leasekit-replication:{base_seed}:{index}").getrandbits(62)
-
-
-def _t95(df: int) -> float:
-    return float(stats.t.ppf(0.975, df))
-
-
-def t_interval(values: Sequence[float]) -> Estimate:
-    """Deprecated: the mean of ``values`` with a 95% Student-t interval over seeds.
-
-    Kept only for callers not yet moved to :func:`leasekit.metrics.summarize`,
-    which gives rates and counts intervals made for counts (a t-interval over
-    seeds goes negative at rare events and collapses to ``[0, 0]`` at none).
-    Not part of :mod:`leasekit.sim`'s public surface.
-    """
-    warnings.warn(
-        "leasekit.sim.t_interval is deprecated: use leasekit.metrics.summarize",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return Estimate(math.nan, math.nan, math.nan, "t", 0)
-    mean = statistics.fmean(finite)
-    if len(finite) < 2:
-        return Estimate(mean, math.nan, math.nan, "t", 1)
-    half = _t95(len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))
-    return Estimate(mean, mean - half, mean + half, "t", len(finite))
 
 
 @dataclass(frozen=True)
