@@ -242,14 +242,39 @@ def _from_trace(
 
     rows: list[Any] = list(attempts.itertuples(index=False))
     answered = {str(r.last_heartbeat) for r in rows if r.outcome == Outcome.OK.value}
-    # values the server stored that no answer showed: applied attempts whose answer was lost
-    revealed = [
-        (str(r.last_heartbeat), on_trace(r.last_heartbeat, r.sent_at, r.sent_s))
-        for r in rows
-        if r.outcome == Outcome.PRECONDITION_FAILED.value
-        and pd.notna(r.last_heartbeat)
-        and str(r.last_heartbeat) not in answered
-    ]
+    # A 412 revealing a value that no answer showed: one of the worker's earlier
+    # unanswered attempts with the same echo was applied and its answer lost. Pick
+    # the one whose window holds the server's time of that value (else the nearest).
+    applied_at: dict[int, float] = {}
+    for index, row in enumerate(rows):
+        if row.outcome != Outcome.PRECONDITION_FAILED.value or pd.isna(row.last_heartbeat):
+            continue
+        if str(row.last_heartbeat) in answered:
+            continue
+        candidates = [
+            k
+            for k in range(index)
+            if rows[k].outcome == Outcome.TIMEOUT.value
+            and rows[k].worker == row.worker
+            and rows[k].work_id == row.work_id
+            and _text(rows[k].expected_last_heartbeat) == _text(row.expected_last_heartbeat)
+        ]
+        if not candidates:
+            continue
+        server = on_trace(row.last_heartbeat, row.sent_at, row.sent_s)
+
+        def window(k: int) -> tuple[float, float]:
+            start = float(rows[k].sent_s)
+            end = float(rows[k].received_s) if pd.notna(rows[k].received_s) else start
+            return start, end
+
+        def distance(k: int, at: float | None = server) -> float:
+            start, end = window(k)
+            return 0.0 if at is None else max(start - at, at - end, 0.0)
+
+        chosen = min(candidates, key=distance)
+        start, end = window(chosen)
+        applied_at[chosen] = (start + end) / 2 if server is None else min(max(server, start), end)
     # per (worker, work): applied instants and the TTL, for estimated expiries
     applied: dict[tuple[str, str], list[tuple[float, float]]] = {}
     arrivals: dict[str, list[tuple[float, str]]] = {}
@@ -266,13 +291,8 @@ def _from_trace(
         arrived = math.nan
         lost = ""
         if outcome == Outcome.TIMEOUT.value:
-            window_end = got if not math.isnan(got) else sent
-            hit = next(
-                (t for value, t in revealed if t is not None and sent <= t <= window_end),
-                None,
-            )
-            if hit is not None:
-                arrived, lost = hit, "answer"
+            if index in applied_at:
+                arrived, lost = applied_at[index], "answer"
             else:
                 lost = "request"
         elif not math.isnan(got):
@@ -306,7 +326,7 @@ def _from_trace(
         if outcome == Outcome.OK.value and expected in (NO_HEARTBEAT, None):
             line.marks.append((SERVER_LANE, arrived, "claim", who))
             claimed_by[str(row.work_id)] = who
-        if outcome == Outcome.OK.value and row.state in (
+        if outcome == Outcome.OK.value and _text(row.state) in (
             WorkState.STOPPING.value,
             WorkState.STOPPED.value,
         ):

@@ -1,0 +1,162 @@
+"""The lease timeline and the lifecycle diagram draw what their sources say.
+
+Sources are real: simulator runs with scripted faults, a trace recorded by
+leasekit's client against the reference server with a dropped answer, and
+the official SDK's OpenTelemetry spans committed in tests/data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import anyio
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from leasekit._timeline import _from_trace, lease_timeline, state_diagram_figure
+from leasekit.client import LeaseClient, keep_lease
+from leasekit.lease import TRANSITIONS, LeaseConfig
+from leasekit.policy import LeasekitPolicy
+from leasekit.replay import load_any_trace
+from leasekit.server import create_app, running_server
+from leasekit.sim import Crashes, Fault, Moment, Scenario, Server, Workers, simulate
+from leasekit.trace import Trace, TraceHeader, TraceWriter, read_trace
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> None:
+    yield
+    plt.close("all")
+
+
+def _legend(fig: plt.Figure) -> set[str]:
+    return {text.get_text() for text in fig.axes[0].get_legend().get_texts()}
+
+
+def _scenario(policy: str, **faults: object) -> Scenario:
+    """Two workers on one item each, TTL 30 s, worker 0's answer lost at 100 s."""
+    base = Scenario(
+        name="timeline",
+        duration_s=400.0,
+        seed=5,
+        workers=Workers(count=2, policy=policy),
+        server=Server(default_ttl_seconds=30, min_ttl_seconds=30, max_ttl_seconds=30),
+    )
+    network = dataclasses.replace(
+        base.network, faults=(Fault(worker=0, after_s=100.0, direction="answer"),)
+    )
+    return dataclasses.replace(base, network=network, **faults)  # type: ignore[arg-type]
+
+
+def test_an_event_log_with_a_lost_answer_shows_leasekits_adoption() -> None:
+    run = simulate(_scenario("leasekit"))
+    fig = lease_timeline(run.events)
+    legend = _legend(fig)
+    assert "412 adopted (safe)" in legend
+    assert "lost message" in legend
+    assert "lease lost / given up" not in legend  # leasekit kept its lease
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "time (s)"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["server", "worker 0", "worker 1"]
+
+
+def test_the_same_lost_answer_ends_the_sdk_workers_lease() -> None:
+    scenario = _scenario("sdk")
+    # TTL 90 s: two SDK intervals fit in a TTL, so the stale echo meets a 412
+    scenario = dataclasses.replace(
+        scenario,
+        server=Server(default_ttl_seconds=90, min_ttl_seconds=90, max_ttl_seconds=90),
+    )
+    run = simulate(scenario)
+    ends = run.events[run.events["event"] == "lease_end"]
+    assert "lost" in set(ends["detail"])
+    legend = _legend(lease_timeline(run.events))
+    assert "lease lost / given up" in legend
+    assert "412 adopted (safe)" not in legend
+
+
+def test_crashes_expiries_and_claims_are_marked() -> None:
+    scenario = _scenario("leasekit")
+    scenario = dataclasses.replace(
+        scenario,
+        workers=dataclasses.replace(
+            scenario.workers, crashes=Crashes(schedule=(Moment(200.0, (1,)),))
+        ),
+    )
+    events = simulate(scenario).events
+    assert (events["event"] == "expire").any()
+    legend = _legend(lease_timeline(events, start_s=150.0, end_s=300.0))
+    assert {"crash", "server expiry"} <= legend
+    assert "claim" in _legend(lease_timeline(events, start_s=0.0, end_s=60.0))
+
+
+def test_workers_and_window_are_chosen_and_bad_choices_named() -> None:
+    events = simulate(_scenario("leasekit")).events
+    fig = lease_timeline(events, workers=[1], start_s=50.0, end_s=80.0)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["server", "worker 1"]
+    assert ax.get_xlim() == (50.0, 80.0)
+    with pytest.raises(ValueError, match="no worker worker 7"):
+        lease_timeline(events, workers=[7])
+
+
+def test_bad_sources_are_refused_with_what_is_missing() -> None:
+    with pytest.raises(TypeError, match="got list"):
+        lease_timeline([1, 2, 3])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"missing .*outcome"):
+        lease_timeline(pd.DataFrame({"worker": ["a"], "work_id": ["w"], "sent_s": [0.0]}))
+
+
+def _record(path: Path) -> Trace:
+    """Hold a lease with LeasekitPolicy on a real server; lose one answer."""
+    app = create_app(
+        keys={"env_1": "key_1"}, config=LeaseConfig(default_ttl_seconds=3, min_ttl_seconds=1)
+    )
+
+    async def main(url: str) -> None:
+        with TraceWriter(path, TraceHeader("leasekit", source="test")) as writer:
+            async with LeaseClient(url, "key_1") as client:
+                item = await client.create("env_1")
+                async with keep_lease(
+                    client, "env_1", item.id, policy=LeasekitPolicy(), trace=writer, worker="w1"
+                ) as lease:
+                    await anyio.sleep(1.2)
+                    app.faults.queue("drop_answer")
+                    await anyio.sleep(3.0)
+                assert lease.policy.adoptions == 1  # type: ignore[attr-defined]
+
+    with running_server(app) as url:
+        anyio.run(main, url)
+    return read_trace(path)
+
+
+def test_a_recorded_trace_shows_the_lost_answer_and_the_adoption(tmp_path: Path) -> None:
+    trace = _record(tmp_path / "kept.jsonl")
+    line = _from_trace(trace.attempts, trace.ends, None)
+    # the timed-out attempt's value surfaced in the 412: it reached the server
+    assert [m.lost for m in line.messages if m.outcome == "timeout"] == ["answer"]
+    lost = next(m for m in line.messages if m.lost == "answer")
+    assert lost.sent_s <= lost.arrived_s <= lost.seen_s  # landed inside its window
+    assert [kind for _lane, _t, kind, _note in line.marks].count("adopt") == 1
+    legend = _legend(lease_timeline(trace))
+    assert {"412 adopted (safe)", "claim", "attempt timed out", "lost message"} <= legend
+
+
+def test_the_sdks_opentelemetry_spans_draw() -> None:
+    attempts = load_any_trace(DATA / "sdk_heartbeats.otlp.jsonl")
+    fig = lease_timeline(attempts)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert "412" in texts  # the span with status 412
+    assert "attempt timed out" in _legend(fig)
+
+
+def test_the_state_diagram_has_every_transition_of_the_table() -> None:
+    fig = state_diagram_figure()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for (state, event), (target, _effect) in TRANSITIONS.items():
+        assert state.value in texts and target.value in texts
+        assert event.value in texts
