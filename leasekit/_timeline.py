@@ -112,6 +112,12 @@ class _Timeline:
 # --------------------------------------------------------------------------- sources
 
 
+def _lane_name(worker: Any) -> str:
+    """A worker's lane: its name when it says it is a worker, else ``worker NAME``."""
+    name = str(worker)
+    return name if name.startswith("worker") else f"worker {name}"
+
+
 def _is_event_log(frame: pd.DataFrame) -> bool:
     return {"event", "processed_s", "seen_s"} <= set(frame.columns)
 
@@ -229,7 +235,7 @@ def _from_trace(
             ends = ends[ends["work_id"] == work_id]
     attempts = attempts.sort_values("sent_s", kind="stable")
     workers = sorted(str(w) for w in attempts["worker"].dropna().unique())
-    line = _Timeline([f"worker {w}" for w in workers])
+    line = _Timeline([_lane_name(w) for w in workers])
     received = attempts["received_s"].fillna(attempts["sent_s"])
     line.end_s = float(received.max()) if len(attempts) else 0.0
     if ends is not None and len(ends):
@@ -281,7 +287,7 @@ def _from_trace(
     ttl_now: dict[tuple[str, str], float] = {}
     claimed_by: dict[str, str] = {}
     for index, row in enumerate(rows):
-        who = f"worker {row.worker}"
+        who = _lane_name(row.worker)
         key = (who, str(row.work_id))
         sent = float(row.sent_s)
         got = float(row.received_s) if pd.notna(row.received_s) else math.nan
@@ -348,7 +354,6 @@ def _from_trace(
     # held: from the first success of a claim to the lease's end
     end_rows: list[Any] = list(ends.itertuples(index=False)) if ends is not None else []
     for (who, work), renewals in applied.items():
-        worker_name = who.removeprefix("worker ")
         mine = [
             m
             for m, r in zip(line.messages, rows, strict=True)
@@ -361,7 +366,7 @@ def _from_trace(
             (
                 float(e.at_s)
                 for e in end_rows
-                if str(e.worker) == worker_name and str(e.work_id) == work and e.at_s >= first_ok
+                if _lane_name(e.worker) == who and str(e.work_id) == work and e.at_s >= first_ok
             ),
             max((m.seen_s for m in mine if not math.isnan(m.seen_s)), default=first_ok),
         )
@@ -375,7 +380,7 @@ def _from_trace(
             line.marks.append((SERVER_LANE, expired, "expire", f"{who} (estimated)"))
     for e in end_rows:
         if str(e.reason) in _END_REASONS_LOST:
-            line.marks.append((f"worker {e.worker}", float(e.at_s), "lost", str(e.reason)))
+            line.marks.append((_lane_name(e.worker), float(e.at_s), "lost", str(e.reason)))
     return line
 
 
@@ -500,9 +505,7 @@ def lease_timeline(
     line = _timeline(source, work_id, polls)
     names = line.workers
     if workers is not None:
-        wanted = [
-            w if isinstance(w, str) and w.startswith("worker ") else f"worker {w}" for w in workers
-        ]
+        wanted = [_lane_name(w) for w in workers]
         unknown = [w for w in wanted if w not in names]
         if unknown:
             raise ValueError(
