@@ -63,12 +63,15 @@ _WORKER_COLOURS: Final = ("tab:green", "tab:purple", "tab:cyan", "tab:olive", "t
 _MARKS: Final = {
     "claim": ("claim", "D", "tab:green", 60),
     "expire": ("server expiry", "X", "tab:red", 110),
+    "expire_estimated": ("server expiry (estimated)", "X", "tab:red", 110),
+    "steal": ("lease taken by an unconditional heartbeat", "D", "tab:red", 70),
     "adopt": ("412 adopted (safe)", "*", "tab:purple", 170),
     "lost": ("lease lost / given up", "v", "tab:red", 80),
     "timeout": ("attempt timed out", "o", "0.35", 40),
     "stop": ("stop requested / stopped", "s", "black", 60),
     "crash": ("crash", "P", "black", 110),
     "restart": ("restart", "^", "black", 60),
+    "pause": ("pause", "|", "black", 160),
 }
 
 _END_REASONS_LOST: Final = frozenset({"lost", "assumed_lost", "rejected", "deadline"})
@@ -154,15 +157,21 @@ def _from_event_log(events: pd.DataFrame, work_id: str | None, polls: bool) -> _
         elif event == "claim":
             line.marks.append((SERVER_LANE, float(row.time_s), "claim", lane(row.worker)))
             tenure[str(row.work_id)] = (lane(row.worker), float(row.time_s))
-        elif event == "expire":
-            line.marks.append((SERVER_LANE, float(row.time_s), "expire", str(row.work_id)))
+        elif event in ("expire", "steal"):
+            # the item's grant ends: it expired, or another worker took it
             holder = tenure.pop(str(row.work_id), None)
             if holder is not None:
                 line.granted.append((holder[0], holder[1], float(row.time_s)))
+            if event == "expire":
+                note = holder[0] if holder is not None else ""
+                line.marks.append((SERVER_LANE, float(row.time_s), "expire", note))
+            else:
+                line.marks.append((SERVER_LANE, float(row.time_s), "steal", lane(row.worker)))
+                tenure[str(row.work_id)] = (lane(row.worker), float(row.time_s))
         elif event == "crash":
             line.marks.append((lane(row.worker), float(row.time_s), "crash", ""))
-        elif event == "restart":
-            line.marks.append((lane(row.worker), float(row.time_s), "restart", ""))
+        elif event in ("restart", "pause"):
+            line.marks.append((lane(row.worker), float(row.time_s), str(event), str(row.detail)))
         elif event in ("heartbeat", "poll", "ack"):
             if event != "heartbeat" and not polls:
                 continue
@@ -377,7 +386,7 @@ def _from_trace(
         last = renewals[0][0]
         line.granted.append((who, last, expired if expired is not None else finish))
         if expired is not None:
-            line.marks.append((SERVER_LANE, expired, "expire", f"{who} (estimated)"))
+            line.marks.append((SERVER_LANE, expired, "expire_estimated", who))
     for e in end_rows:
         if str(e.reason) in _END_REASONS_LOST:
             line.marks.append((_lane_name(e.worker), float(e.at_s), "lost", str(e.reason)))
@@ -624,8 +633,10 @@ def lease_timeline(
     for lane_name, t, kind, note in line.marks:
         if lane_name not in shown or not visible(t):
             continue
+        if lane_name == SERVER_LANE and note.startswith("worker") and note not in shown:
+            continue  # about an item of a worker not drawn
         label, marker, colour, size = _MARKS[kind]
-        if kind == "claim" and note in colour_of:
+        if kind in ("claim", "steal") and note in colour_of:
             colour = colour_of[note]
         ax.scatter(
             [t],
@@ -637,10 +648,16 @@ def lease_timeline(
             edgecolors="white",
             linewidths=0.5,
         )
-        if kind in ("expire", "adopt", "lost", "stop"):
-            text = {"expire": "expired", "adopt": "adopt", "lost": note or "lost", "stop": note}[
-                kind
-            ]
+        texts = {
+            "expire": "expired",
+            "expire_estimated": "expired (est.)",
+            "steal": "taken",
+            "adopt": "adopt",
+            "lost": note or "lost",
+            "stop": note,
+        }
+        if kind in texts:
+            text = texts[kind]
             ax.annotate(
                 text,
                 (t, lanes[lane_name]),

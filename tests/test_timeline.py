@@ -21,7 +21,7 @@ from leasekit.lease import TRANSITIONS, LeaseConfig
 from leasekit.policy import LeasekitPolicy
 from leasekit.replay import load_any_trace
 from leasekit.server import create_app, running_server
-from leasekit.sim import Crashes, Fault, Moment, Scenario, Server, Workers, simulate
+from leasekit.sim import Crashes, Fault, Moment, Scenario, Server, Workers, replicate
 from leasekit.trace import Trace, TraceHeader, TraceWriter, read_trace
 
 DATA = Path(__file__).parent / "data"
@@ -35,6 +35,13 @@ def _close_figures() -> None:
 
 def _legend(fig: plt.Figure) -> set[str]:
     return {text.get_text() for text in fig.axes[0].get_legend().get_texts()}
+
+
+def _events(scenario: Scenario) -> pd.DataFrame:
+    """The event log of one run (replicate keeps its first run's log)."""
+    first = replicate(scenario, 1).first
+    assert first is not None
+    return first.events
 
 
 def _scenario(policy: str, **faults: object) -> Scenario:
@@ -53,8 +60,7 @@ def _scenario(policy: str, **faults: object) -> Scenario:
 
 
 def test_an_event_log_with_a_lost_answer_shows_leasekits_adoption() -> None:
-    run = simulate(_scenario("leasekit"))
-    fig = lease_timeline(run.events)
+    fig = lease_timeline(_events(_scenario("leasekit")))
     legend = _legend(fig)
     assert "412 adopted (safe)" in legend
     assert "lost message" in legend
@@ -71,10 +77,10 @@ def test_the_same_lost_answer_ends_the_sdk_workers_lease() -> None:
         scenario,
         server=Server(default_ttl_seconds=90, min_ttl_seconds=90, max_ttl_seconds=90),
     )
-    run = simulate(scenario)
-    ends = run.events[run.events["event"] == "lease_end"]
+    events = _events(scenario)
+    ends = events[events["event"] == "lease_end"]
     assert "lost" in set(ends["detail"])
-    legend = _legend(lease_timeline(run.events))
+    legend = _legend(lease_timeline(events))
     assert "lease lost / given up" in legend
     assert "412 adopted (safe)" not in legend
 
@@ -87,7 +93,7 @@ def test_crashes_expiries_and_claims_are_marked() -> None:
             scenario.workers, crashes=Crashes(schedule=(Moment(200.0, (1,)),))
         ),
     )
-    events = simulate(scenario).events
+    events = _events(scenario)
     assert (events["event"] == "expire").any()
     legend = _legend(lease_timeline(events, start_s=150.0, end_s=300.0))
     assert {"crash", "server expiry"} <= legend
@@ -95,7 +101,7 @@ def test_crashes_expiries_and_claims_are_marked() -> None:
 
 
 def test_workers_and_window_are_chosen_and_bad_choices_named() -> None:
-    events = simulate(_scenario("leasekit")).events
+    events = _events(_scenario("leasekit"))
     fig = lease_timeline(events, workers=[1], start_s=50.0, end_s=80.0)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["server", "worker 1"]
