@@ -294,7 +294,7 @@ def _from_trace(
     applied: dict[tuple[str, str], list[tuple[float, float]]] = {}
     arrivals: dict[str, list[tuple[float, str]]] = {}
     ttl_now: dict[tuple[str, str], float] = {}
-    claimed_by: dict[str, str] = {}
+    seen_values: dict[tuple[str, str], set[str]] = {}
     for index, row in enumerate(rows):
         who = _lane_name(row.worker)
         key = (who, str(row.work_id))
@@ -340,13 +340,20 @@ def _from_trace(
         # a claim, or an unconditional heartbeat (no echo), which takes any lease
         if outcome == Outcome.OK.value and expected in (NO_HEARTBEAT, None):
             line.marks.append((SERVER_LANE, arrived, "claim", who))
-            claimed_by[str(row.work_id)] = who
         if outcome == Outcome.OK.value and _text(row.state) in (
             WorkState.STOPPING.value,
             WorkState.STOPPED.value,
         ):
             line.marks.append((SERVER_LANE, arrived, "stop", str(row.state)))
-        if outcome == Outcome.PRECONDITION_FAILED.value and pd.notna(row.last_heartbeat):
+        if outcome == Outcome.OK.value:
+            seen_values.setdefault(key, set()).add(str(row.last_heartbeat))
+        # adopted: the next attempt echoes the 412's stored value, one this
+        # worker never saw in an answer (echoing a value it had seen is not news)
+        if (
+            outcome == Outcome.PRECONDITION_FAILED.value
+            and pd.notna(row.last_heartbeat)
+            and str(row.last_heartbeat) not in seen_values.get(key, set())
+        ):
             following = next(
                 (
                     r

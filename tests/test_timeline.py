@@ -18,7 +18,8 @@ import pytest
 from leasekit._timeline import _from_trace, lease_timeline, state_diagram_figure
 from leasekit.client import LeaseClient, keep_lease
 from leasekit.lease import TRANSITIONS, LeaseConfig
-from leasekit.policy import LeasekitPolicy
+from leasekit.policy import LeasekitPolicy, Outcome, Result, Send
+from leasekit.protocol import NO_HEARTBEAT, HeartbeatAnswer, LeaseState, WorkState
 from leasekit.replay import load_any_trace
 from leasekit.server import create_app, running_server
 from leasekit.sim import Crashes, Fault, Moment, Scenario, Server, Workers, replicate
@@ -150,6 +151,60 @@ def test_a_recorded_trace_shows_the_lost_answer_and_the_adoption(tmp_path: Path)
     assert [kind for _lane, _t, kind, _note in line.marks].count("adopt") == 1
     legend = _legend(lease_timeline(trace))
     assert {"412 adopted (safe)", "claim", "attempt timed out", "lost message"} <= legend
+
+
+def _written(path: Path, story: list[tuple[str, str | None, str, str | None]]) -> Trace:
+    """A trace of (outcome, echoed value, stored value after, state) rows, 1 s apart."""
+    with TraceWriter(path, TraceHeader("leasekit", source="test"), origin=0.0) as writer:
+        for number, (outcome, echoed, stored, state) in enumerate(story, 1):
+            at = float(number)
+            send = Send(at, 1.0, echoed or NO_HEARTBEAT, None, number)
+            if outcome == "ok":
+                assert stored is not None and state is not None
+                answer = HeartbeatAnswer(stored, True, WorkState(state), 30)
+                result = Result(Outcome.OK, at, at + 0.01, answer=answer, status=200)
+            elif outcome == "412":
+                assert state is not None
+                current = LeaseState(stored, WorkState(state), 30)
+                result = Result(
+                    Outcome.PRECONDITION_FAILED, at, at + 0.01, current_state=current, status=412
+                )
+            else:
+                result = Result(Outcome.TIMEOUT, at, at + 0.9)
+            writer.attempt(environment_id="e", work_id="w", worker="w1", send=send, result=result)
+    return read_trace(path)
+
+
+V1, V2, V3 = (f"2026-01-01T00:00:0{n}.000000Z" for n in (1, 2, 3))
+
+
+def test_a_stale_echo_followed_by_a_value_already_seen_is_no_adoption(tmp_path: Path) -> None:
+    trace = _written(
+        tmp_path / "t.jsonl",
+        [
+            ("ok", None, V1, "active"),
+            ("ok", V1, V2, "active"),
+            ("412", V1, V2, "active"),  # a stale duplicate: V2 was seen
+            ("ok", V2, V3, "active"),
+        ],
+    )
+    marks = [kind for _lane, _t, kind, _note in _from_trace(trace.attempts, trace.ends, None).marks]
+    assert "adopt" not in marks
+
+
+def test_a_value_never_seen_then_echoed_is_an_adoption(tmp_path: Path) -> None:
+    trace = _written(
+        tmp_path / "t.jsonl",
+        [
+            ("ok", None, V1, "active"),
+            ("timeout", V1, None, None),  # applied: the server stored V2
+            ("412", V1, V2, "active"),
+            ("ok", V2, V3, "active"),
+        ],
+    )
+    line = _from_trace(trace.attempts, trace.ends, None)
+    assert [kind for _lane, _t, kind, _note in line.marks].count("adopt") == 1
+    assert [m.lost for m in line.messages if m.outcome == "timeout"] == ["answer"]
 
 
 def test_the_sdks_opentelemetry_spans_draw() -> None:
