@@ -369,6 +369,13 @@ def _from_trace(
     _mark_stops_once(line)
     # held: from the first success of a claim to the lease's end
     end_rows: list[Any] = list(ends.itertuples(index=False)) if ends is not None else []
+    by_item: dict[str, list[tuple[float, float, str]]] = {}
+    for (who, work), renewals in applied.items():
+        by_item.setdefault(work, []).extend((at, ttl, who) for at, ttl in renewals)
+    expiries = {work: _estimated_expiries(r, arrivals.get(work, [])) for work, r in by_item.items()}
+    for found in expiries.values():
+        for deadline, who in found:
+            line.marks.append((SERVER_LANE, deadline, "expire_estimated", who))
     for (who, work), renewals in applied.items():
         mine = [
             m
@@ -387,13 +394,12 @@ def _from_trace(
             max((m.seen_s for m in mine if not math.isnan(m.seen_s)), default=first_ok),
         )
         line.held.append((who, first_ok, finish))
-        # the server's grant ends at the deadline of the last applied renewal
-        # before a later request of anyone on this item arrived too late
-        expired = _estimated_expiry(renewals, arrivals.get(work, []))
-        last = renewals[0][0]
-        line.granted.append((who, last, expired if expired is not None else finish))
-        if expired is not None:
-            line.marks.append((SERVER_LANE, expired, "expire_estimated", who))
+        # the server's grant: from this worker's first renewal until the lease
+        # expired or another worker's renewal took the item over
+        start = min(at for at, _ttl in renewals)
+        ends_at = [d for d, holder in expiries[work] if holder == who and d > start]
+        ends_at += [at for at, _ttl, other in by_item[work] if other != who and at > start]
+        line.granted.append((who, start, min(ends_at, default=finish)))
     for e in end_rows:
         if str(e.reason) in _END_REASONS_LOST:
             line.marks.append((_lane_name(e.worker), float(e.at_s), "lost", str(e.reason)))
@@ -405,21 +411,21 @@ def _text(value: Any) -> str | None:
     return None if value is None or pd.isna(value) else str(value)
 
 
-def _estimated_expiry(
-    renewals: Sequence[tuple[float, float]], arrivals: Sequence[tuple[float, str]]
-) -> float | None:
-    """The first deadline (renewal + TTL) passed before the next arrival on the item."""
-    ordered = sorted(renewals)
-    for position, (at, ttl) in enumerate(ordered):
-        if math.isnan(at) or math.isnan(ttl):
-            continue
+def _estimated_expiries(
+    renewals: Sequence[tuple[float, float, str]], arrivals: Sequence[tuple[float, str]]
+) -> list[tuple[float, str]]:
+    """Each deadline (renewal + TTL) that passed before the item's next renewal by
+    anyone, when some request on the item arrived after it: ``(deadline, holder)``."""
+    ordered = sorted(r for r in renewals if not (math.isnan(r[0]) or math.isnan(r[1])))
+    expiries = []
+    for position, (at, ttl, who) in enumerate(ordered):
         deadline = at + ttl
         next_renewal = ordered[position + 1][0] if position + 1 < len(ordered) else math.inf
         if next_renewal <= deadline:
             continue
-        if any(deadline < t for t, _ in arrivals if t > at):
-            return deadline
-    return None
+        if any(t > deadline for t, _ in arrivals):
+            expiries.append((deadline, who))
+    return expiries
 
 
 def _mark_stops_once(line: _Timeline) -> None:

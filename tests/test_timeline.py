@@ -17,9 +17,15 @@ import pytest
 
 from leasekit._timeline import _from_trace, lease_timeline, state_diagram_figure
 from leasekit.client import LeaseClient, keep_lease
-from leasekit.lease import TRANSITIONS, LeaseConfig
+from leasekit.lease import TRANSITIONS, LeaseBook, LeaseConfig
 from leasekit.policy import LeasekitPolicy, Outcome, Result, Send
-from leasekit.protocol import NO_HEARTBEAT, HeartbeatAnswer, LeaseState, WorkState
+from leasekit.protocol import (
+    NO_HEARTBEAT,
+    HeartbeatAnswer,
+    LeaseState,
+    PreconditionFailed,
+    WorkState,
+)
 from leasekit.replay import load_any_trace
 from leasekit.server import create_app, running_server
 from leasekit.sim import Crashes, Fault, Moment, Scenario, Server, Workers, replicate
@@ -205,6 +211,41 @@ def test_a_value_never_seen_then_echoed_is_an_adoption(tmp_path: Path) -> None:
     line = _from_trace(trace.attempts, trace.ends, None)
     assert [kind for _lane, _t, kind, _note in line.marks].count("adopt") == 1
     assert [m.lost for m in line.messages if m.outcome == "timeout"] == ["answer"]
+
+
+def test_a_lease_taken_over_is_not_marked_expired(tmp_path: Path) -> None:
+    """A pauses past its TTL (12 s), B claims, A's unconditional beat takes the
+    item back: one expiry (A's, at 22 s), and B's grant ends at A's takeover."""
+    book = LeaseBook(LeaseConfig(default_ttl_seconds=12, min_ttl_seconds=1))
+    book.add_environment("e")
+    work = book.enqueue("e", 0).work_id
+    seen = {"A": NO_HEARTBEAT, "B": NO_HEARTBEAT}
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, TraceHeader("fixed", source="test"), origin=0.0) as writer:
+        plan = [(0, "A", False), (5, "A", False), (10, "A", False), (35, "B", False)]
+        plan += [(40, "A", True), (45, "B", False), (50, "A", False)]
+        for number, (t, who, blind) in enumerate(plan, 1):
+            expected = None if blind else seen[who]
+            send = Send(float(t), 1.0, expected, None, number)  # type: ignore[arg-type]
+            try:
+                answer = book.heartbeat("e", work, t * 1_000_000, expected)
+                seen[who] = answer.last_heartbeat
+                result = Result(Outcome.OK, t, t + 0.05, answer=answer, status=200)
+            except PreconditionFailed as error:
+                result = Result(
+                    Outcome.PRECONDITION_FAILED,
+                    t,
+                    t + 0.05,
+                    current_state=error.current_state,
+                    status=412,
+                )
+            writer.attempt(environment_id="e", work_id=work, worker=who, send=send, result=result)
+    trace = read_trace(path)
+    line = _from_trace(trace.attempts, trace.ends, None)
+    expiries = [(t, note) for _lane, t, kind, note in line.marks if kind == "expire_estimated"]
+    assert [(round(t), note) for t, note in expiries] == [(22, "worker A")]
+    b_grant = next(g for g in line.granted if g[0] == "worker B")
+    assert round(b_grant[1]) == 35 and round(b_grant[2]) == 40
 
 
 def test_the_sdks_opentelemetry_spans_draw() -> None:
