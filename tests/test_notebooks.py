@@ -87,7 +87,8 @@ def test_protocol_notebook_walks_the_protocol_on_a_real_server() -> None:
     assert re.search(r"reference server at http://127\.0\.0\.1:\d+", out)
     assert "A: 412" in out and "B: 412" in out  # a stale echo, a refused claim, a late echo
     assert out.count("right!") == 3  # every exercise's check ran and agreed
-    assert "adoptions: 1 | still held after the 412: True" in out
+    # one adoption at least (a slow machine may time out a healthy attempt too)
+    assert re.search(r"adoptions: [1-9]\d* \| still held after the 412: True", out)
     assert "A's lease ended: shutdown" in out and "B's lease ended: shutdown" in out
     assert "stop: lost" in out  # the SDK policy gives the self-inflicted 412 up
     assert out.rstrip().endswith("server stopped")
