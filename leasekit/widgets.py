@@ -26,6 +26,7 @@ ipywidgets is needed for :class:`Explorer` only (``pip install
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -66,6 +67,11 @@ ENGINES: Final = ("simpy",)
 
 _INSTANT_ENGINES: Final = frozenset({"analytic"})
 """Engines that answer well under a second: the explorer redraws on every change."""
+
+SIMPY_HEARTBEATS_PER_SECOND: Final = 30_000
+"""A conservative speed of the SimPy engine (simulated heartbeats per second of
+wall time on a slow, shared core; ``benchmarks/bench_sim.py`` measures about
+100,000 on a quiet one): what decides whether a run is instant."""
 
 # what the left panel shows, in this order: (metric, label)
 _RATES: Final = (
@@ -213,6 +219,35 @@ class ExplorerSettings:
                 answer=Direction(delay=delay, loss=answer_loss, burst=answer_burst),
             ),
         )
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """The chosen policy's interval between healthy heartbeats at this TTL,
+        seconds: asked of the real policy object (a claim answered with
+        ``ttl_seconds``), not recomputed here."""
+        from .policy import Outcome, Result, Send, make_policy
+        from .protocol import HeartbeatAnswer, WorkState
+
+        policy = make_policy(self.policy_spec, rng=random.Random(self.seed))
+        first = policy.start(0.0)
+        answer = HeartbeatAnswer("claimed", True, WorkState.ACTIVE, self.ttl_seconds)
+        following = policy.observe(Result(Outcome.OK, 0.0, 0.0, answer=answer, status=200))
+        if not (isinstance(first, Send) and isinstance(following, Send)):
+            return float(self.ttl_seconds)
+        return max(following.at - first.at, 1e-3)
+
+    @property
+    def estimated_seconds(self) -> float:
+        """A rough wall time of a run on its engine, seconds (SimPy: heartbeats
+        over :data:`SIMPY_HEARTBEATS_PER_SECOND`; instant engines: 0)."""
+        if self.engine in _INSTANT_ENGINES:
+            return 0.0
+        if self.engine != "simpy":
+            return math.inf  # a rare-event estimate takes seconds: always behind Run
+        heartbeats = (
+            self.workers * self.replications * self.hours * 3600 / (self.heartbeat_interval_s)
+        )
+        return heartbeats / SIMPY_HEARTBEATS_PER_SECOND
 
     def summary(self) -> str:
         """One line naming every setting, with units (the figure's title)."""
@@ -485,8 +520,13 @@ class Explorer:
 
     @property
     def instant(self) -> bool:
-        """Whether the chosen engine redraws on every change (no Run button)."""
-        return bool(self.controls["engine"].value in _INSTANT_ENGINES)
+        """Whether the current settings run in well under a second (about
+        :attr:`ExplorerSettings.estimated_seconds` < 0.5): then every change
+        redraws and the Run button is off; otherwise changes wait for Run."""
+        try:
+            return self.settings().estimated_seconds < 0.5
+        except ValueError:
+            return False
 
     def _sync(self) -> None:
         self.controls["beat_fraction"].disabled = self.controls["policy"].value != "leasekit"

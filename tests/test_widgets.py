@@ -7,6 +7,7 @@ with exactly those settings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from leasekit.distributions import parse_delay
 from leasekit.widgets import (
     DELAY_KINDS,
+    SIMPY_HEARTBEATS_PER_SECOND,
     Explorer,
     ExplorerSettings,
     burst_for,
@@ -135,6 +137,10 @@ def test_the_run_button_draws_exactly_the_controls_values() -> None:
     recorder = _Recorder()
     explorer = Explorer(draw=recorder)
     values = {
+        # first what makes a run long (hundreds of thousands of heartbeats)
+        "workers": 150,
+        "hours": 20.0,
+        "replications": 3,
         "ttl_seconds": 45,
         "policy": "sdk",
         "delay": "lognormal",
@@ -145,14 +151,12 @@ def test_the_run_button_draws_exactly_the_controls_values() -> None:
         "burst_length": 3.0,
         "pauses_per_hour": 1.5,
         "pause_s": 12.0,
-        "workers": 11,
-        "hours": 0.5,
-        "replications": 3,
         "seed": 9,
     }
     for name, value in values.items():
         explorer.controls[name].value = value
-    # a simpy run takes seconds: changing controls waits for the button
+    # a long run: changing controls waits for the button
+    assert not explorer.instant and not explorer.run_button.disabled
     assert recorder.calls == [] and "press <b>Run</b>" in explorer.status.value
     explorer.run_button.click()
     expected = ExplorerSettings(**{**values, "beat_fraction": 1 / 3, "engine": "simpy"})
@@ -163,6 +167,29 @@ def test_the_run_button_draws_exactly_the_controls_values() -> None:
     assert recorder.progress_seen and explorer.progress.value == 1.0
 
 
+def test_a_short_run_redraws_on_every_change() -> None:
+    recorder = _Recorder()
+    explorer = Explorer(SMALL, draw=recorder)
+    assert explorer.instant and explorer.run_button.disabled
+    explorer.controls["ttl_seconds"].value = 60
+    explorer.controls["policy"].value = "sdk"
+    assert [c.ttl_seconds for c in recorder.calls] == [60, 60]
+    assert recorder.calls[-1] == dataclasses.replace(SMALL, ttl_seconds=60, policy="sdk")
+    assert explorer.last_settings == recorder.calls[-1]
+
+
+def test_the_run_length_comes_from_the_real_policys_interval() -> None:
+    # the official worker beats every min(TTL / 2, 30) s; leasekit every beat_fraction of the TTL
+    assert ExplorerSettings(policy="sdk", ttl_seconds=40).heartbeat_interval_s == 20
+    assert ExplorerSettings(policy="sdk", ttl_seconds=90).heartbeat_interval_s == 30
+    leasekit = ExplorerSettings(policy="leasekit", ttl_seconds=30, beat_fraction=0.25)
+    assert 0.8 * 7.5 <= leasekit.heartbeat_interval_s <= 1.2 * 7.5  # jittered
+    long_run = ExplorerSettings(policy="sdk", ttl_seconds=90, workers=100, hours=10)
+    assert long_run.estimated_seconds == pytest.approx(
+        100 * 2 * 10 * 3600 / 30 / SIMPY_HEARTBEATS_PER_SECOND
+    )
+
+
 def test_controls_follow_the_policy_and_delay() -> None:
     explorer = Explorer(draw=_Recorder())
     explorer.controls["policy"].value = "sdk"
@@ -171,10 +198,7 @@ def test_controls_follow_the_policy_and_delay() -> None:
     assert not explorer.controls["beat_fraction"].disabled
     explorer.controls["delay"].value = "const"
     assert explorer.controls["delay_spread_s"].disabled
-    assert (
-        not explorer.run_button.disabled
-        and explorer.controls["ttl_seconds"].continuous_update is False
-    )
+    assert explorer.controls["ttl_seconds"].continuous_update is False
 
 
 def test_the_real_explorer_runs_small_settings() -> None:
