@@ -59,8 +59,9 @@ __all__ = [
 DELAY_KINDS: Final = ("const", "uniform", "exp", "shiftexp", "lognormal")
 """Delay distributions the explorer offers (see :func:`delay_spec`)."""
 
-POLICIES: Final = ("sdk", "leasekit")
-"""Heartbeat policies the explorer offers: the official worker's and leasekit's."""
+POLICIES: Final = ("sdk", "leasekit", "fixed")
+"""Heartbeat policies the explorer offers: the official worker's, leasekit's, and
+the textbook fixed-interval heartbeat (every ``beat_fraction`` of the TTL)."""
 
 ENGINES: Final = ("simpy",)
 """Engines the explorer can run, by the names ``leasekit simulate --engine`` takes."""
@@ -137,9 +138,10 @@ def burst_for(loss: float, burst_length: float) -> tuple[float, Burst | None]:
 class ExplorerSettings:
     """Every control of the explorer. Units are in the names.
 
-    ``policy`` is ``sdk`` (the official worker) or ``leasekit``;
-    ``beat_fraction`` is leasekit's heartbeat interval as a fraction of the
-    TTL (the SDK beats every min(TTL/2, 30) s whatever it is set to).
+    ``policy`` is ``sdk`` (the official worker), ``leasekit`` or ``fixed``
+    (a heartbeat every ``beat_fraction`` of the TTL whatever happens);
+    ``beat_fraction`` is leasekit's and fixed's heartbeat interval as a
+    fraction of the TTL (the SDK beats every min(TTL/2, 30) s whatever it is).
     ``delay`` and ``delay_mean_s``/``delay_spread_s`` give each direction's
     one-way delay (:func:`delay_spec`); ``request_loss`` and ``answer_loss``
     the long-run loss fractions, in bursts of ``burst_length`` messages
@@ -188,6 +190,8 @@ class ExplorerSettings:
         """The :func:`leasekit.policy.make_policy` spec of the chosen policy."""
         if self.policy == "leasekit":
             return f"leasekit:beat_fraction={self.beat_fraction:g}"
+        if self.policy == "fixed":
+            return f"fixed:interval={self.beat_fraction * self.ttl_seconds:g}"
         return self.policy
 
     def scenario(self) -> Scenario:
@@ -251,9 +255,10 @@ class ExplorerSettings:
 
     def summary(self) -> str:
         """One line naming every setting, with units (the figure's title)."""
-        policy = (
-            f"leasekit (beat {self.beat_fraction:.2g}·TTL)" if self.policy == "leasekit" else "sdk"
-        )
+        policy = {
+            "leasekit": f"leasekit (beat {self.beat_fraction:.2g}·TTL)",
+            "fixed": f"fixed (every {self.beat_fraction * self.ttl_seconds:.3g} s)",
+        }.get(self.policy, self.policy)
         burst = f", bursts of {self.burst_length:g}" if self.burst_length > 1 else ""
         pauses = (
             f", {self.pauses_per_hour:g} pauses/h of {self.pause_s:g} s"
@@ -529,7 +534,7 @@ class Explorer:
             return False
 
     def _sync(self) -> None:
-        self.controls["beat_fraction"].disabled = self.controls["policy"].value != "leasekit"
+        self.controls["beat_fraction"].disabled = self.controls["policy"].value == "sdk"
         self.controls["delay_spread_s"].disabled = self.controls["delay"].value in (
             "const",
             "exp",

@@ -89,11 +89,14 @@ def test_settings_become_the_scenario_they_name() -> None:
     assert scenario.network.request.burst is not None
     assert scenario.network.answer.burst is None and scenario.network.answer.loss == 0.0
     assert ExplorerSettings(policy="sdk").scenario().workers.policy == "sdk"
+    fixed = ExplorerSettings(policy="fixed", ttl_seconds=30, beat_fraction=0.25)
+    assert fixed.scenario().workers.policy == "fixed:interval=7.5"
+    assert fixed.heartbeat_interval_s == 7.5
 
 
 def test_bad_settings_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="policy 'fixed'"):
-        ExplorerSettings(policy="fixed")
+    with pytest.raises(ValueError, match="policy 'lazy'"):
+        ExplorerSettings(policy="lazy")
     with pytest.raises(ValueError, match="engine 'monte-carlo'"):
         ExplorerSettings(engine="monte-carlo")
     with pytest.raises(ValueError, match="loss must be in"):
