@@ -406,6 +406,15 @@ def explore(
 
 # --------------------------------------------------------------------------- widgets
 
+# slider stops for values that span decades and may be 0 (a log slider cannot be)
+_LOSSES: Final = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+_SPREADS_S: Final = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _choices(stops: tuple[float, ...], start: float) -> list[tuple[str, float]]:
+    """``(label, value)`` options of a selection slider: the stops and ``start``."""
+    return [(f"{v:g}", v) for v in sorted({*stops, start})]
+
 
 class Explorer:
     """The ipywidgets front end of :func:`explore`.
@@ -451,27 +460,21 @@ class Explorer:
             "delay_mean_s": w.FloatLogSlider(
                 start.delay_mean_s, base=10, min=-3, max=1, description="mean delay (s)", **slider
             ),
-            "delay_spread_s": w.FloatLogSlider(
-                max(start.delay_spread_s, 1e-3),
-                base=10,
-                min=-3,
-                max=1,
+            "delay_spread_s": w.SelectionSlider(
+                options=_choices(_SPREADS_S, start.delay_spread_s),
+                value=start.delay_spread_s,
                 description="spread (s)",
                 **slider,
             ),
-            "request_loss": w.FloatLogSlider(
-                max(start.request_loss, 1e-5),
-                base=10,
-                min=-5,
-                max=-0.5,
+            "request_loss": w.SelectionSlider(
+                options=_choices(_LOSSES, start.request_loss),
+                value=start.request_loss,
                 description="request loss",
                 **slider,
             ),
-            "answer_loss": w.FloatLogSlider(
-                max(start.answer_loss, 1e-5),
-                base=10,
-                min=-5,
-                max=-0.5,
+            "answer_loss": w.SelectionSlider(
+                options=_choices(_LOSSES, start.answer_loss),
+                value=start.answer_loss,
                 description="answer loss",
                 **slider,
             ),
