@@ -12,6 +12,8 @@ heartbeat once a few hundred connections are open.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
 import socket
 import ssl
@@ -53,7 +55,9 @@ class StatusError(Exception):
     ``status`` is the HTTP status; ``outcome`` its classification by
     :func:`leasekit.policy.classify_status` (``rejected`` for a fatal 4xx,
     ``transient`` for 5xx/408/409/429); ``error_type`` and ``message`` come
-    from the API's error envelope when there is one; ``request_id`` likewise.
+    from the API's error envelope when there is one; ``request_id`` likewise;
+    ``retry_after_s`` the wait (seconds) the ``Retry-After`` header asked
+    for, ``None`` without one.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class StatusError(Exception):
         *,
         error_type: str | None = None,
         request_id: str | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(f"{status} {error_type or 'error'}: {message}")
         self.status = status
@@ -70,13 +75,41 @@ class StatusError(Exception):
         self.error_type = error_type
         self.message = message
         self.request_id = request_id
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after_s(value: str | bytes | None) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (RFC 9110: delay-seconds or an
+    HTTP date); ``None`` when absent or unreadable (then it is ignored)."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def _status_error(response: httpx.Response) -> StatusError:
-    return _error_from(response.status_code, response.content, response.reason_phrase)
+    return _error_from(
+        response.status_code,
+        response.content,
+        response.reason_phrase,
+        retry_after=response.headers.get("retry-after"),
+    )
 
 
-def _error_from(status: int, content: bytes, reason: str = "") -> StatusError:
+def _error_from(
+    status: int, content: bytes, reason: str = "", *, retry_after: str | bytes | None = None
+) -> StatusError:
     error_type = message = request_id = None
     try:
         body = json.loads(content)
@@ -90,7 +123,13 @@ def _error_from(status: int, content: bytes, reason: str = "") -> StatusError:
         request_id = body.get("request_id") if isinstance(body.get("request_id"), str) else None
     if message is None:
         message = content[:200].decode("utf-8", "replace") or reason or "error"
-    return StatusError(status, message, error_type=error_type, request_id=request_id)
+    return StatusError(
+        status,
+        message,
+        error_type=error_type,
+        request_id=request_id,
+        retry_after_s=_retry_after_s(retry_after),
+    )
 
 
 def _path(*parts: str) -> str:
@@ -195,8 +234,9 @@ class _HeartbeatConnections:
         while self._idle and now - self._idle[0][1] > _KEEPALIVE_S:
             await self._idle.popleft()[0].aclose()
 
-    async def post(self, target: bytes) -> tuple[int, bytes]:
-        """Send ``POST {prefix}{target}``; return ``(status, body)``.
+    async def post(self, target: bytes) -> tuple[int, bytes, bytes | None]:
+        """Send ``POST {prefix}{target}``; return ``(status, body, retry_after)``,
+        the last the ``Retry-After`` header of an error answer (else ``None``).
 
         Raises :class:`httpx.TransportError` (its subclasses, as httpx would)
         when connecting, sending or reading fails. Cancellation closes the
@@ -221,7 +261,13 @@ class _HeartbeatConnections:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._checkin(connection)
-        return response.status, content
+        retry_after = None
+        if response.status >= 300:
+            retry_after = next(
+                (value for name, value in response.headers if name.lower() == b"retry-after"),
+                None,
+            )
+        return response.status, content, retry_after
 
     async def aclose(self) -> None:
         """Close the idle connections; those in use close when their request ends."""
@@ -389,7 +435,7 @@ class LeaseClient:
             query = "?expected_last_heartbeat=" + quote(expected_last_heartbeat, safe="")
             if desired_ttl_seconds is not None:
                 query += f"&desired_ttl_seconds={int(desired_ttl_seconds)}"
-            status, content = await self._direct.post((path + query).encode("ascii"))
+            status, content, retry_after = await self._direct.post((path + query).encode("ascii"))
         else:
             params = {"expected_last_heartbeat": expected_last_heartbeat}
             if desired_ttl_seconds is not None:
@@ -398,6 +444,7 @@ class LeaseClient:
                 "POST", self.base_url + path, params=params, headers=self._headers
             )
             status, content = response.status_code, response.content
+            retry_after = response.headers.get("retry-after")
         if 200 <= status < 300:
             body = json.loads(content)
             if not isinstance(body, Mapping):
@@ -408,7 +455,7 @@ class LeaseClient:
                 raise PreconditionFailed.from_envelope(json.loads(content))
             except ValueError:
                 pass  # a 412 without a readable current_state: report it as a status
-        raise _error_from(status, content)
+        raise _error_from(status, content, retry_after=retry_after)
 
     async def poll(
         self,

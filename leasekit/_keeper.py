@@ -79,6 +79,12 @@ class Lease:
     ``enforce_deadline=False`` drives the policy alone, without the keeper's
     local-deadline rule: only for studying a policy as it is (parity with the
     official worker); a real holder keeps it on.
+
+    A policy drives one lease: passing one that has already started raises
+    :class:`ValueError`. If ``on_event`` or the trace writer raises,
+    heartbeating ends with ``end_reason`` :attr:`EndReason.ERROR` (the server
+    may still hold the lease until its TTL) and :meth:`run` re-raises the
+    exception.
     """
 
     def __init__(
@@ -93,6 +99,11 @@ class Lease:
         on_event: Callable[[LeaseEvent], object] | None = None,
         enforce_deadline: bool = True,
     ) -> None:
+        if policy is not None and policy.used:
+            raise ValueError(
+                f"work {work_id}: this {type(policy).__name__} already drove a lease "
+                f"({policy.attempts} attempts); give each lease a fresh policy"
+            )
         self.client = client
         self.enforce_deadline = enforce_deadline
         self.environment_id = environment_id
@@ -109,6 +120,9 @@ class Lease:
         self._finished_attempts = 0
         self._subscribers: list[MemoryObjectSendStream[LeaseEvent]] = []
         self._settled: anyio.Event | None = None
+        self._failing_hook: str | None = None
+        self.error: Exception | None = None
+        """The exception that ended heartbeating (``end_reason`` ``error``), else ``None``."""
 
     # ------------------------------------------------------------------ views
 
@@ -118,7 +132,10 @@ class Lease:
 
     @property
     def deadline(self) -> float | None:
-        return self.policy.deadline
+        """The local deadline the keeper holds the lease to (the imposed rule's
+        when ``enforce_deadline``), else the policy's own belief."""
+        deadline = self.policy.local_deadline(enforce_deadline=self.enforce_deadline)
+        return deadline if deadline is not None else self.policy.deadline
 
     @property
     def last_heartbeat(self) -> str:
@@ -169,8 +186,15 @@ class Lease:
     # ------------------------------------------------------------------ driving
 
     def _emit(self, event: LeaseEvent) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
+        if self.on_event is not None and self._failing_hook != "on_event":
+            if self.error is not None:
+                # ending because a hook failed: the end event is best effort
+                with contextlib.suppress(Exception):
+                    self.on_event(event)
+            else:
+                self._failing_hook = "on_event"
+                self.on_event(event)
+                self._failing_hook = None
         for stream in self._subscribers:
             # a slow or gone subscriber must not stall the heartbeat
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
@@ -191,16 +215,28 @@ class Lease:
         self.end_reason = reason
         self.detail = detail
         at = _now()
-        if self.trace is not None:
-            self.trace.end(
-                environment_id=self.environment_id,
-                work_id=self.work_id,
-                worker=self.worker,
-                at=at,
-                reason=reason.value if reason is not None else "released",
-            )
-        self._settle()
-        self._emit(LeaseEvent("end", at, reason=reason, detail=detail))
+        try:
+            if self.trace is not None:
+                if self.error is not None:
+                    # ending because a hook failed: the end line is best effort
+                    with contextlib.suppress(Exception):
+                        self._trace_end(self.trace, at, reason)
+                else:
+                    self._failing_hook = "trace"
+                    self._trace_end(self.trace, at, reason)
+                    self._failing_hook = None
+        finally:
+            self._settle()
+            self._emit(LeaseEvent("end", at, reason=reason, detail=detail))
+
+    def _trace_end(self, trace: TraceWriter, at: float, reason: EndReason | None) -> None:
+        trace.end(
+            environment_id=self.environment_id,
+            work_id=self.work_id,
+            worker=self.worker,
+            at=at,
+            reason=reason.value if reason is not None else "released",
+        )
 
     async def _attempt(self, send: Send, sent_at: float, timeout_s: float) -> Result:
         with anyio.move_on_after(timeout_s):
@@ -220,7 +256,13 @@ class Lease:
                     status=412,
                 )
             except StatusError as error:
-                return Result(error.outcome, sent_at, _now(), status=error.status)
+                return Result(
+                    error.outcome,
+                    sent_at,
+                    _now(),
+                    status=error.status,
+                    retry_after_s=error.retry_after_s,
+                )
             except httpx.TimeoutException:
                 # the HTTP layer's own backstop timeout: the server may have applied it
                 return Result(Outcome.TIMEOUT, sent_at, _now())
@@ -237,10 +279,17 @@ class Lease:
 
         Returns the lease with ``end_reason`` set. If cancelled, the lease
         ends as released (``end_reason`` ``None``) unless it had already ended.
+        If ``on_event`` or the trace writer raises, the lease ends with
+        :attr:`EndReason.ERROR` and the exception propagates.
         """
         policy = self.policy
         trace = self.trace
         enforce = self.enforce_deadline
+        if policy.used:
+            raise ValueError(
+                f"work {self.work_id}: this {type(policy).__name__} already drove a lease; "
+                "give each lease a fresh policy"
+            )
         try:
             action: Send | Stop = policy.start(_now())
             while isinstance(action, Send):
@@ -262,6 +311,7 @@ class Lease:
                 elif result.current_state is not None:
                     self.state = result.current_state.state
                 if trace is not None:
+                    self._failing_hook = "trace"
                     trace.attempt(
                         environment_id=self.environment_id,
                         work_id=self.work_id,
@@ -269,9 +319,18 @@ class Lease:
                         send=action,
                         result=result,
                     )
+                    self._failing_hook = None
                 self._emit(LeaseEvent("heartbeat", result.received_at, action, result))
                 action = policy.observe(result)
             self._finish(action.reason, action.detail)
+        except Exception as error:
+            hook = self._failing_hook
+            if hook is None or self.ended:
+                raise
+            self.error = error
+            what = "the on_event callback" if hook == "on_event" else "the trace writer"
+            self._finish(EndReason.ERROR, f"{what} raised {type(error).__name__}: {error}")
+            raise
         finally:
             # cancelled from outside (the holder is done): released, not lost
             self._finish(None, "released by the holder")
@@ -328,8 +387,11 @@ async def keep_lease(
     body runs. When the lease ends for any reason (lost, assumed lost,
     rejected, shutdown, local deadline) the body is cancelled and the block
     exits normally; ``lease.end_reason`` says why (``None``: the body finished
-    while the lease was held). An exception from the body propagates as it
-    is, not wrapped in an exception group. No task outlives the block.
+    while the lease was held). An exception from the body, from ``on_event``
+    or from the trace writer propagates as it is, not wrapped in an
+    exception group (the last two end the lease with ``end_reason``
+    ``error``). A policy that already drove a lease is refused
+    (:class:`ValueError`). No task outlives the block.
     """
     lease = Lease(
         client,
@@ -342,24 +404,31 @@ async def keep_lease(
         enforce_deadline=enforce_deadline,
     )
     body_error: Exception | None = None
-    async with anyio.create_task_group() as group:
+    try:
+        async with anyio.create_task_group() as group:
 
-        async def heartbeat() -> None:
-            try:
-                await lease.run()
-            finally:
-                # the lease ended (or the keeper is closing): end the body too
-                group.cancel_scope.cancel()
+            async def heartbeat() -> None:
+                try:
+                    await lease.run()
+                finally:
+                    # the lease ended (or the keeper is closing): end the body too
+                    group.cancel_scope.cancel()
 
-        group.start_soon(heartbeat)
-        await lease.wait_claimed()
-        if lease.claimed:
-            try:
-                yield lease
-            except Exception as error:  # re-raised below, unwrapped
-                body_error = error
-            finally:
-                group.cancel_scope.cancel()
+            group.start_soon(heartbeat)
+            await lease.wait_claimed()
+            if lease.claimed:
+                try:
+                    yield lease
+                except Exception as error:  # re-raised below, unwrapped
+                    body_error = error
+                finally:
+                    group.cancel_scope.cancel()
+    except BaseExceptionGroup as group_error:
+        # a callback or the trace writer failed in the heartbeat task: raise
+        # it as it is, not wrapped in the task group's exception group
+        if lease.error is not None and group_error.subgroup(lambda e: e is lease.error):
+            raise lease.error from None
+        raise
     if body_error is not None:
         raise body_error
     if not lease.claimed:

@@ -47,6 +47,7 @@ from .protocol import (
     WorkItem,
     WorkList,
     WorkState,
+    check_text,
     format_timestamp,
 )
 
@@ -59,7 +60,10 @@ __all__ = [
     "LeaseRules",
     "TransitionObserver",
     "WorkRecord",
+    "lease_expired",
+    "new_record",
     "queue_stats",
+    "random_work_id",
     "state_diagram",
     "validate_list_limit",
 ]
@@ -74,6 +78,49 @@ MAX_METADATA_KEY_CHARS: Final = 64
 MAX_METADATA_VALUE_CHARS: Final = 512
 MAX_LIST_LIMIT: Final = 100
 DEFAULT_LIST_LIMIT: Final = 20
+MAX_SESSION_ID_CHARS: Final = 256
+
+EXPIRES_AFTER_US: Final = 1
+"""The expiry boundary, stated once: a lease (or any state's deadline) is good
+up to and including its deadline and has expired ``EXPIRES_AFTER_US`` later,
+that is once ``now_us`` is strictly past it. :meth:`LeaseRules.settle`, the
+stores' pre-filters (:func:`expired_up_to_us`) and their wake-up times
+(:func:`expiry_at_us`) all derive from it."""
+
+
+def lease_expired(deadline_us: int, now_us: int) -> bool:
+    """Whether ``deadline_us`` has passed at ``now_us`` (see :data:`EXPIRES_AFTER_US`)."""
+    return now_us - deadline_us >= EXPIRES_AFTER_US
+
+
+def expiry_at_us(deadline_us: int) -> int:
+    """The first instant (epoch us) at which ``deadline_us`` has passed."""
+    return deadline_us + EXPIRES_AFTER_US
+
+
+def expired_up_to_us(now_us: int) -> int:
+    """The latest deadline that has passed at ``now_us``: a store's pre-filter
+    selects ``deadline_us <= expired_up_to_us(now_us)``."""
+    return now_us - EXPIRES_AFTER_US
+
+
+def reclaimable_up_to_us(now_us: int, reclaim_older_than_ms: int) -> int:
+    """The latest hand-out time (epoch us) a poll with ``reclaim_older_than_ms``
+    may hand out again at ``now_us``: handed out at least that long ago."""
+    return now_us - reclaim_older_than_ms * 1_000
+
+
+def queue_slot(state: WorkState | str, handed_out_at_us: int | None) -> int:
+    """Where an item counts in :class:`~leasekit.protocol.QueueStats`:
+    :data:`IN_DEPTH` (queued, not handed out), :data:`IN_PENDING` (handed out,
+    not acknowledged) or 0 (not queued). Stores that keep counters use it."""
+    if state != _Q:
+        return 0
+    return IN_DEPTH if handed_out_at_us is None else IN_PENDING
+
+
+IN_DEPTH: Final = 1
+IN_PENDING: Final = 2
 
 
 class Event(enum.StrEnum):
@@ -227,7 +274,7 @@ class WorkRecord:
     environment_id: str
     work_id: str
     session_id: str
-    secret: str
+    secret: str = field(repr=False)
     created_at_us: int
     seq: int
     ttl_seconds: int
@@ -357,10 +404,9 @@ class LeaseRules:
         """Apply the expiry of a deadline that has passed by ``now_us``.
 
         A lease is good up to and including its deadline; it has expired
-        once ``now_us`` is strictly past it.
+        once ``now_us`` is strictly past it (:data:`EXPIRES_AFTER_US`).
         """
-        while record.deadline_us is not None and now_us > record.deadline_us:
-            at = record.deadline_us
+        while (at := record.deadline_us) is not None and now_us - at >= EXPIRES_AFTER_US:
             if self._move(record, _EV_EXPIRE, at) is None:
                 record.deadline_us = None
 
@@ -457,7 +503,7 @@ class LeaseRules:
         if record.state is not WorkState.QUEUED:
             return False
         handed = record.handed_out_at_us
-        return handed is None or now_us - handed >= reclaim_older_than_ms * 1_000
+        return handed is None or handed <= reclaimable_up_to_us(now_us, reclaim_older_than_ms)
 
     def hand_out(self, record: WorkRecord, now_us: int, worker_id: str | None) -> None:
         """Record that a poll handed this queued record to ``worker_id``."""
@@ -499,15 +545,70 @@ def validate_metadata(patch: object, *, where: str, allow_null: bool = True) -> 
                 ErrorType.INVALID_REQUEST,
                 f"{where}: keys must be 1 to {MAX_METADATA_KEY_CHARS} characters, got {key!r:.80}",
             )
-        if value is None and not allow_null:
-            raise ApiError(ErrorType.INVALID_REQUEST, f"{where}.{key}: expected a string")
-        if value is not None and not isinstance(value, str):
-            raise ApiError(ErrorType.INVALID_REQUEST, f"{where}.{key}: expected a string or null")
-        if value is not None and len(value) > MAX_METADATA_VALUE_CHARS:
+        check_text(key, f"{where} key {key!r:.80}")
+        # the key is known to be text from here on; its repr stays printable
+        name = f"{where}.{key}" if key.isprintable() else f"{where}[{key!r}]"
+        if value is None:
+            if not allow_null:
+                raise ApiError(ErrorType.INVALID_REQUEST, f"{name}: expected a string")
+            continue
+        if not isinstance(value, str):
+            raise ApiError(ErrorType.INVALID_REQUEST, f"{name}: expected a string or null")
+        if len(value) > MAX_METADATA_VALUE_CHARS:
             raise ApiError(
                 ErrorType.INVALID_REQUEST,
-                f"{where}.{key}: at most {MAX_METADATA_VALUE_CHARS} characters",
+                f"{name}: at most {MAX_METADATA_VALUE_CHARS} characters",
             )
+        check_text(value, name)
+
+
+def random_work_id() -> str:
+    """A work id that reveals nothing: 96 random bits, not a count of anyone's items."""
+    return "work_" + secrets.token_hex(12)
+
+
+def new_record(
+    environment_id: str,
+    work_id: str,
+    seq: int,
+    now_us: int,
+    *,
+    secret: str,
+    ttl_seconds: int,
+    session_id: object = None,
+    metadata: object = None,
+) -> WorkRecord:
+    """A new queued work item, its fields validated: the one way every store
+    creates items. Raises ``invalid_request_error`` naming ``data.id`` or the
+    metadata key that is wrong (nothing is created then).
+
+    ``session_id``: 1 to :data:`MAX_SESSION_ID_CHARS` characters of text, or
+    ``None`` for one derived from ``work_id``. ``metadata``: string values
+    (no nulls: a new item has nothing to delete). ``seq`` orders the items
+    of one environment (creation order, list cursors).
+    """
+    if session_id is None:
+        session_id = f"session_{work_id.removeprefix('work_')}"
+    elif not isinstance(session_id, str) or not 1 <= len(session_id) <= MAX_SESSION_ID_CHARS:
+        raise ApiError(
+            ErrorType.INVALID_REQUEST,
+            f"data.id: expected a string of 1 to {MAX_SESSION_ID_CHARS} characters",
+        )
+    else:
+        check_text(session_id, "data.id")
+    if metadata is not None:
+        validate_metadata(metadata, where="metadata", allow_null=False)
+        assert isinstance(metadata, Mapping)
+    return WorkRecord(
+        environment_id=environment_id,
+        work_id=work_id,
+        session_id=session_id,
+        secret=secret,
+        created_at_us=now_us,
+        seq=seq,
+        ttl_seconds=ttl_seconds,
+        metadata=dict(metadata or {}),
+    )
 
 
 # ------------------------------------------------------------------------- the store
@@ -519,17 +620,47 @@ def _counter_ids(prefix: str) -> Callable[[], str]:
 
 
 class _Environment:
-    __slots__ = ("deadlines", "handed", "pollers", "ready", "records")
+    __slots__ = (
+        "deadlines",
+        "depth",
+        "handed",
+        "oldest",
+        "order",
+        "pending",
+        "pollers",
+        "pollers_prune_at",
+        "ready",
+        "records",
+        "scheduled",
+        "seq",
+    )
 
     def __init__(self) -> None:
         self.records: dict[str, WorkRecord] = {}
+        self.order: list[str] = []  # work ids by seq: a list page is a bisect, not a walk
+        # per environment, so that a cursor or an order reveals nothing of another's items
+        self.seq = itertools.count(1)
+        # queue_slot counts (QueueStats.depth, .pending) of the settled records,
+        # and (created_at_us, work_id) of queued ones (stale entries skipped):
+        # stats cost no walk over the records
+        self.depth = 0
+        self.pending = 0
+        self.oldest: list[tuple[int, str]] = []
         # queued items not handed out, by creation order: (seq, work_id)
         self.ready: list[tuple[int, str]] = []
         # handed-out items in hand-out order, for reclaim: (handed_out_at_us, work_id)
         self.handed: deque[tuple[int, str]] = deque()
-        # (deadline_us, work_id) of every deadline ever set; stale entries are skipped
+        # (deadline_us, work_id): at most one live entry per record, never later
+        # than the record's deadline (scheduled); a renewal that only moves the
+        # deadline later pushes nothing: the entry re-schedules when it comes due.
+        # One push per heartbeat would grow the heap without bound between polls.
         self.deadlines: list[tuple[int, str]] = []
+        self.scheduled: dict[str, int] = {}
         self.pollers: dict[str, int] = {}
+        self.pollers_prune_at = _POLLERS_PRUNE_MIN
+
+
+_POLLERS_PRUNE_MIN: Final = 1024
 
 
 class LeaseBook:
@@ -552,7 +683,6 @@ class LeaseBook:
         self._environments: dict[str, _Environment] = {}
         self._work_ids = work_ids or _counter_ids("work_")
         self._secrets = secrets_ or (lambda: secrets.token_urlsafe(24))
-        self._seq = itertools.count(1)
 
     @property
     def config(self) -> LeaseConfig:
@@ -591,20 +721,64 @@ class LeaseBook:
     def _settle(self, env: _Environment, record: WorkRecord, now_us: int) -> None:
         was = record.state
         self.rules.settle(record, now_us)
-        if record.state is WorkState.QUEUED and was is not WorkState.QUEUED:
-            heapq.heappush(env.ready, (record.seq, record.work_id))
+        if record.state is _Q and was is not _Q:  # expiry only ever enters queued
+            self._requeued(env, record)
 
-    def _track_deadline(self, env: _Environment, record: WorkRecord) -> None:
-        if record.deadline_us is not None:
-            heapq.heappush(env.deadlines, (record.deadline_us, record.work_id))
+    @classmethod
+    def _requeued(cls, env: _Environment, record: WorkRecord) -> None:
+        heapq.heappush(env.ready, (record.seq, record.work_id))
+        heapq.heappush(env.oldest, (record.created_at_us, record.work_id))
+        env.depth += 1  # a requeue clears the hand-out
+        cls._compact(env)
+
+    @staticmethod
+    def _compact(env: _Environment) -> None:
+        """Drop the stale entries of the lazy queue heaps once they outnumber
+        the queued items: without polls or stats to pop them, requeues (one
+        per lost lease) would grow them without bound. Amortised O(1)."""
+        queued = env.depth + env.pending
+        records = env.records
+        for heap in (env.ready, env.oldest):
+            if len(heap) > 2 * queued + 1024:
+                live = {
+                    work_id: key
+                    for key, work_id in heap
+                    if records[work_id].state is _Q
+                    and (heap is not env.ready or records[work_id].seq == key)
+                }
+                heap[:] = [(key, work_id) for work_id, key in live.items()]
+                heapq.heapify(heap)
+
+    @staticmethod
+    def _left_queue(env: _Environment, slot: int) -> None:
+        """An item in ``slot`` (:func:`queue_slot`) left the queue."""
+        if slot == IN_DEPTH:
+            env.depth -= 1
+        elif slot == IN_PENDING:
+            env.pending -= 1
+
+    @staticmethod
+    def _track_deadline(env: _Environment, record: WorkRecord) -> None:
+        deadline_us = record.deadline_us
+        if deadline_us is None:
+            return
+        scheduled = env.scheduled.get(record.work_id)
+        if scheduled is None or deadline_us < scheduled:
+            env.scheduled[record.work_id] = deadline_us
+            heapq.heappush(env.deadlines, (deadline_us, record.work_id))
 
     def _expire_due(self, env: _Environment, now_us: int) -> None:
         deadlines = env.deadlines
-        while deadlines and deadlines[0][0] < now_us:
+        scheduled = env.scheduled
+        up_to = expired_up_to_us(now_us)
+        while deadlines and deadlines[0][0] <= up_to:
             deadline_us, work_id = heapq.heappop(deadlines)
+            if scheduled.get(work_id) != deadline_us:
+                continue  # superseded by an earlier entry for the same record
+            del scheduled[work_id]
             record = env.records[work_id]
-            if record.deadline_us == deadline_us:
-                self._settle(env, record, now_us)
+            self._settle(env, record, now_us)
+            self._track_deadline(env, record)  # renewed since: schedule the later deadline
 
     # ---------------------------------------------------------------- operations
 
@@ -616,27 +790,41 @@ class LeaseBook:
         session_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         work_id: str | None = None,
+        max_queued: int | None = None,
     ) -> WorkRecord:
         """Create a queued work item (leasekit's extension; the hosted API makes
-        items from sessions)."""
+        items from sessions). Fields are checked by :func:`new_record` (400).
+
+        ``max_queued``: refuse with ``rate_limit_error`` (429) when the
+        environment already has this many queued items; ``None``: no limit.
+        """
         env = self._env(environment_id)
-        if metadata is not None:
-            validate_metadata(metadata, where="metadata", allow_null=False)
+        queued = env.depth + env.pending
+        if max_queued is not None and queued >= max_queued:
+            raise ApiError(
+                ErrorType.RATE_LIMIT,
+                f"environment {environment_id!r}: {queued} work items queued, "
+                f"the limit is {max_queued}",
+            )
         work_id = work_id or self._work_ids()
         if work_id in env.records:
             raise ApiError(ErrorType.CONFLICT, f"work item {work_id!r} already exists")
-        record = WorkRecord(
-            environment_id=environment_id,
-            work_id=work_id,
-            session_id=session_id or f"session_{work_id.removeprefix('work_')}",
+        record = new_record(
+            environment_id,
+            work_id,
+            next(env.seq),
+            now_us,
             secret=self._secrets(),
-            created_at_us=now_us,
-            seq=next(self._seq),
             ttl_seconds=self.config.default_ttl_seconds,
-            metadata=dict(metadata or {}),
+            session_id=session_id,
+            metadata=metadata,
         )
         env.records[work_id] = record
+        env.order.append(work_id)
+        env.depth += 1
         heapq.heappush(env.ready, (record.seq, work_id))
+        heapq.heappush(env.oldest, (now_us, work_id))
+        self._compact(env)
         return record
 
     def poll(
@@ -654,13 +842,19 @@ class LeaseBook:
         """
         env = self._env(environment_id)
         if worker_id is not None:
-            env.pollers[worker_id] = now_us
+            pollers = env.pollers
+            pollers[worker_id] = now_us
+            if len(pollers) >= env.pollers_prune_at:
+                # Worker ids come from clients: forget the stale ones now and
+                # then (amortised O(1)), not only when someone asks for stats.
+                self._prune_pollers(env, now_us)
+                env.pollers_prune_at = max(_POLLERS_PRUNE_MIN, 2 * len(pollers))
         self._expire_due(env, now_us)
         rules = self.rules
-        reclaim_us = reclaim_older_than_ms * 1_000
+        reclaim_up_to = reclaimable_up_to_us(now_us, reclaim_older_than_ms)
         # Items handed out long enough ago go back among the ready ones.
         handed = env.handed
-        while handed and now_us - handed[0][0] >= reclaim_us:
+        while handed and handed[0][0] <= reclaim_up_to:
             handed_at, work_id = handed.popleft()
             record = env.records[work_id]
             if record.state is WorkState.QUEUED and record.handed_out_at_us == handed_at:
@@ -679,6 +873,9 @@ class LeaseBook:
                     # back among the hand-outs, kept in hand-out order.
                     bisect.insort(handed, (last_handed_us, work_id))
                 continue
+            if record.handed_out_at_us is None:
+                env.depth -= 1
+                env.pending += 1
             rules.hand_out(record, now_us, worker_id)
             handed.append((now_us, work_id))
             return record
@@ -688,7 +885,9 @@ class LeaseBook:
         """``queued -> starting``; 409 when the item is in another state."""
         env = self._env(environment_id)
         record = self.record(environment_id, work_id, now_us)
+        slot = queue_slot(record.state, record.handed_out_at_us)
         self.rules.ack(record, now_us)
+        self._left_queue(env, slot)  # only a queued item can be acknowledged
         self._track_deadline(env, record)
         return record
 
@@ -712,20 +911,31 @@ class LeaseBook:
         rules = self.rules
         was = record.state
         rules.settle(record, now_us)
-        if record.state is _Q and was is not _Q:
-            heapq.heappush(env.ready, (record.seq, work_id))
+        settled = record.state
+        if settled is _Q:
+            if was is not _Q:
+                self._requeued(env, record)
+            slot = queue_slot(settled, record.handed_out_at_us)
         answer = rules._heartbeat_settled(
             record, now_us, expected_last_heartbeat, desired_ttl_seconds
         )
-        if answer.lease_extended and record.deadline_us is not None:
-            heapq.heappush(env.deadlines, (record.deadline_us, work_id))
+        if settled is _Q and record.state is not _Q:
+            self._left_queue(env, slot)
+        if answer.lease_extended:
+            deadline_us = record.deadline_us
+            scheduled = env.scheduled.get(work_id)
+            if deadline_us is not None and (scheduled is None or deadline_us < scheduled):
+                env.scheduled[work_id] = deadline_us
+                heapq.heappush(env.deadlines, (deadline_us, work_id))
         return answer
 
     def stop(self, environment_id: str, work_id: str, now_us: int, *, force: bool) -> WorkRecord:
         """See :meth:`LeaseRules.stop`."""
         env = self._env(environment_id)
         record = self.record(environment_id, work_id, now_us)
+        slot = queue_slot(record.state, record.handed_out_at_us)
         self.rules.stop(record, now_us, force=force)
+        self._left_queue(env, slot)  # a stop of a queued item leaves the queue
         self._track_deadline(env, record)
         return record
 
@@ -745,25 +955,40 @@ class LeaseBook:
         limit = validate_list_limit(limit)
         after = decode_cursor(page)
         self._expire_due(env, now_us)
-        chosen: list[WorkRecord] = []
-        for record in env.records.values():  # dicts keep insertion (creation) order
-            if record.seq <= after:
-                continue
-            if len(chosen) == limit:
-                return WorkList(tuple(r.to_item() for r in chosen), encode_cursor(chosen[-1].seq))
+        records = env.records
+        order = env.order  # work ids in creation order, hence in seq order
+        start = bisect.bisect_right(order, after, key=lambda work_id: records[work_id].seq)
+        chosen = [records[work_id] for work_id in order[start : start + limit]]
+        for record in chosen:
             self._settle(env, record, now_us)
-            chosen.append(record)
-        return WorkList(tuple(r.to_item() for r in chosen), None)
+        more = start + limit < len(order)
+        cursor = encode_cursor(chosen[-1].seq) if more else None
+        return WorkList(tuple(r.to_item() for r in chosen), cursor)
 
     def stats(self, environment_id: str, now_us: int) -> QueueStats:
         """Queue depth, pending hand-outs, oldest waiting item, recent pollers."""
         env = self._env(environment_id)
         self._expire_due(env, now_us)
+        self._prune_pollers(env, now_us)
+        oldest = env.oldest
+        while oldest and env.records[oldest[0][1]].state is not _Q:
+            heapq.heappop(oldest)  # left the queue since
+        return QueueStats(
+            env.depth, env.pending, oldest[0][0] if oldest else None, len(env.pollers)
+        )
+
+    @staticmethod
+    def _prune_pollers(env: _Environment, now_us: int) -> None:
         window_start = now_us - WORKERS_POLLING_WINDOW_US
         stale = [w for w, at in env.pollers.items() if at < window_start]
         for worker in stale:
             del env.pollers[worker]
-        return queue_stats(env.records.values(), env.pollers.values(), now_us)
+
+    def queued_count(self, environment_id: str) -> int:
+        """How many items of the environment are queued (handed out or not), as
+        of the last settle (an expiry not yet applied is not counted)."""
+        env = self._env(environment_id)
+        return env.depth + env.pending
 
     def next_due_us(self, environment_id: str, reclaim_older_than_ms: int) -> int | None:
         """The earliest time (epoch us) a poll with ``reclaim_older_than_ms``
@@ -776,10 +1001,9 @@ class LeaseBook:
         env = self._env(environment_id)
         due: list[int] = []
         if env.deadlines:
-            # a lease is good up to and including its deadline
-            due.append(env.deadlines[0][0] + 1)
+            due.append(expiry_at_us(env.deadlines[0][0]))
         if env.handed:
-            due.append(env.handed[0][0] + reclaim_older_than_ms * 1_000)
+            due.append(env.handed[0][0] + reclaim_older_than_ms * 1_000)  # reclaimable then
         return min(due) if due else None
 
 
@@ -799,9 +1023,10 @@ def queue_stats(
     depth = pending = 0
     oldest: int | None = None
     for record in records:
-        if record.state is not WorkState.QUEUED:
+        slot = queue_slot(record.state, record.handed_out_at_us)
+        if not slot:
             continue
-        if record.handed_out_at_us is None:
+        if slot == IN_DEPTH:
             depth += 1
         else:
             pending += 1

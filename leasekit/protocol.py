@@ -33,6 +33,7 @@ __all__ = [
     "WorkItem",
     "WorkList",
     "WorkState",
+    "check_text",
     "format_timestamp",
     "parse_timestamp",
 ]
@@ -218,7 +219,7 @@ class WorkItem:
     latest_heartbeat_at_us: int | None = None
     stop_requested_at_us: int | None = None
     stopped_at_us: int | None = None
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)  # a credential: never in a repr
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -412,6 +413,20 @@ class PreconditionFailed(ApiError):
             LeaseState.from_json(details["current_state"]),
             message if isinstance(message, str) else "heartbeat precondition failed",
         )
+
+
+def check_text(value: str, where: str) -> None:
+    """Refuse text that cannot go on the wire: JSON lets a string hold a lone
+    UTF-16 surrogate (``"\\ud800"``), which has no UTF-8 encoding. Raises
+    ``invalid_request_error`` naming ``where``, so that such text is refused
+    before anything stores it."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise ApiError(
+            ErrorType.INVALID_REQUEST,
+            f"{where}: not valid Unicode text (a lone surrogate at character {error.start})",
+        ) from None
 
 
 def dumps(body: Mapping[str, Any] | None) -> bytes:

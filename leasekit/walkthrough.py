@@ -68,15 +68,29 @@ def walkthrough(ttl_seconds: int = 30) -> list[Step]:
     record = book.poll(env, at(expired_at), worker_id="worker-b")
     assert record is not None
     steps.append(
-        Step(expired_at, "worker-b", "GET poll", 200, {"id": work_id},
-             "A was silent for a whole TTL: the lease expired, B is handed the item")
+        Step(
+            expired_at,
+            "worker-b",
+            "GET poll",
+            200,
+            {"id": work_id},
+            "A was silent for a whole TTL: the lease expired, B is handed the item",
+        )
     )
     book.ack(env, work_id, at(expired_at + 0.1))
     beat(expired_at + 0.2, "worker-b", NO_HEARTBEAT, "B claims the item")
     beat(expired_at + 0.5, "worker-a", second, "A wakes up and echoes its value: 412, A has lost")
     beat(expired_at + 1, "worker-b", seen["worker-b"], "B renews as usual")
     book.stop(env, work_id, at(expired_at + 2), force=False)
-    steps.append(Step(expired_at + 2, "operator", "POST stop force=false", 200, None,
-                      "graceful stop: active -> stopping"))
+    steps.append(
+        Step(
+            expired_at + 2,
+            "operator",
+            "POST stop force=false",
+            200,
+            None,
+            "graceful stop: active -> stopping",
+        )
+    )
     beat(expired_at + 3, "worker-b", seen["worker-b"], "stopping: the answer tells B to wind down")
     return steps

@@ -14,7 +14,7 @@ class ServeProcess:
     """A ``leasekit serve --port 0 ...`` process; ``url`` is read from its first line.
     Its log (standard error) goes to ``log_path``."""
 
-    def __init__(self, *args: str, log_path: Path) -> None:
+    def __init__(self, *args: str, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -22,6 +22,7 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
+            env=env,
         )
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()

@@ -8,6 +8,7 @@ max 60) so that expiry is easy to reach.
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 
 import pytest
 
@@ -19,6 +20,9 @@ from leasekit.lease import (
     LeaseConfig,
     LeaseRules,
     WorkRecord,
+    expired_up_to_us,
+    expiry_at_us,
+    lease_expired,
 )
 from leasekit.protocol import (
     NO_HEARTBEAT,
@@ -689,3 +693,108 @@ def test_refused_pairs_are_exactly_those_missing_from_the_table() -> None:
     assert TRANSITIONS[(WorkState.QUEUED, Event.STOP)] == (WorkState.STOPPED, Effect.FINISH)
     assert (WorkState.STOPPED, Event.STOP) not in TRANSITIONS
     assert (WorkState.STOPPED, Event.FORCE_STOP) not in TRANSITIONS
+
+
+# ------------------------------------------------------------------ store-side bookkeeping
+
+
+def test_heartbeats_without_polls_do_not_grow_the_book(book: LeaseBook) -> None:
+    """Each renewal used to push a deadline-heap entry that only a poll, list or
+    stats removed: ~180 bytes per heartbeat, without bound, on a server whose
+    workers only heartbeat. Steady state must not grow with heartbeats."""
+    work_ids = [book.enqueue(ENV, T0).work_id for _ in range(10)]
+    echoes = dict.fromkeys(work_ids, NO_HEARTBEAT)
+
+    def beat_all(rounds: int, start_us: int) -> int:
+        now = start_us
+        for _ in range(rounds):
+            now += 100_000  # every 0.1 s, well inside the TTL
+            for work_id in work_ids:
+                echoes[work_id] = book.heartbeat(ENV, work_id, now, echoes[work_id]).last_heartbeat
+        return now
+
+    now = beat_all(50, T0)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        beat_all(2_000, now)  # 20,000 heartbeats
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 20_000, after - before  # was ~3.6 MB
+    env = book._environments[ENV]
+    assert len(env.deadlines) <= 2 * len(work_ids)
+
+
+def test_next_due_stays_the_earliest_expiry_when_renewals_skip_the_heap(book: LeaseBook) -> None:
+    first, second = (book.enqueue(ENV, T0).work_id for _ in range(2))
+    one = book.heartbeat(ENV, first, T0, NO_HEARTBEAT, desired_ttl_seconds=30).last_heartbeat
+    book.heartbeat(ENV, second, T0, NO_HEARTBEAT, desired_ttl_seconds=10)
+    # renewing `first` later and shorter: its deadline moves earlier than the heap's entry
+    book.heartbeat(ENV, first, T0 + 1 * US, one, desired_ttl_seconds=5)
+    due = book.next_due_us(ENV, 5_000)
+    assert due is not None and due <= expiry_at_us(T0 + 6 * US)
+    # the entries come due, the renewed one is re-scheduled, never late
+    assert book.poll(ENV, T0 + 6 * US + 1) is not None  # `first` expired and went back
+    later = book.next_due_us(ENV, 5_000)
+    assert later is not None and later <= expiry_at_us(T0 + 10 * US)
+
+
+def test_the_expiry_boundary_is_one_rule() -> None:
+    deadline = T0 + 7
+    assert not lease_expired(deadline, deadline) and lease_expired(deadline, deadline + 1)
+    assert expiry_at_us(deadline) == deadline + 1
+    assert lease_expired(deadline, expiry_at_us(deadline))
+    assert not lease_expired(deadline, expiry_at_us(deadline) - 1)
+    assert expired_up_to_us(expiry_at_us(deadline)) == deadline
+    rules = LeaseRules(CONFIG)
+    record = WorkRecord(ENV, "work_1", "session_1", "s", T0, 1, CONFIG.default_ttl_seconds)
+    rules.heartbeat(record, T0, NO_HEARTBEAT)
+    assert record.deadline_us is not None
+    rules.settle(record, record.deadline_us)
+    assert record.state is WorkState.ACTIVE
+    rules.settle(record, expiry_at_us(record.deadline_us))
+    assert record.state.value == "queued"  # (mypy narrowed the state above)
+
+
+def test_reprs_never_show_a_secret(book: LeaseBook) -> None:
+    record = book.enqueue(ENV, T0)
+    item = record.to_item(with_secret=True)
+    assert item.secret == record.secret
+    assert record.secret not in repr(record) and record.secret not in repr(item)
+
+
+def test_the_queued_count_follows_every_move(book: LeaseBook) -> None:
+    ids = [book.enqueue(ENV, T0).work_id for _ in range(4)]
+    assert book.queued_count(ENV) == 4
+    book.poll(ENV, T0)  # handed out: still queued
+    book.ack(ENV, ids[1], T0)
+    last = book.heartbeat(ENV, ids[2], T0, NO_HEARTBEAT).last_heartbeat
+    book.stop(ENV, ids[3], T0, force=False)
+    assert book.queued_count(ENV) == 1
+    # the claim window of ids[1] and the lease of ids[2] expire: both go back
+    with pytest.raises(PreconditionFailed):
+        book.heartbeat(ENV, ids[2], T0 + TTL_US + 1, last)
+    book.stats(ENV, T0 + TTL_US + 1)
+    assert book.queued_count(ENV) == 3
+    with pytest.raises(ApiError) as caught:
+        book.enqueue(ENV, T0 + TTL_US + 1, max_queued=3)
+    assert caught.value.status == 429 and "limit is 3" in caught.value.message
+
+
+def test_leases_lost_again_and_again_without_polls_do_not_grow_the_book(book: LeaseBook) -> None:
+    """Each expiry requeues an item (a heap entry for hand-out order and one
+    for the oldest-queued figure); without polls or stats to pop them, the
+    stale ones must still be dropped."""
+    work_ids = [book.enqueue(ENV, T0).work_id for _ in range(5)]
+    now = T0
+    for _ in range(2_000):  # claim straight from the queue, then stay silent past the TTL
+        for work_id in work_ids:
+            book.heartbeat(ENV, work_id, now, NO_HEARTBEAT)
+        now += TTL_US + 1
+    env = book._environments[ENV]
+    assert len(env.ready) <= 2 * len(work_ids) + 1024 + 1
+    assert len(env.oldest) <= 2 * len(work_ids) + 1024 + 1
+    assert book.stats(ENV, now).depth == len(work_ids)
+    handed = [book.poll(ENV, now) for _ in work_ids]
+    assert sorted(r.work_id for r in handed if r is not None) == sorted(work_ids)

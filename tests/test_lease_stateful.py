@@ -42,7 +42,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from leasekit.lease import LeaseBook, LeaseConfig
+from leasekit.lease import LeaseBook, LeaseConfig, queue_stats
 from leasekit.protocol import (
     NO_HEARTBEAT,
     ApiError,
@@ -321,6 +321,19 @@ class LeaseBookMachine(RuleBasedStateMachine):
             if was is WorkState.STOPPING:
                 assert record.state in (WorkState.STOPPING, WorkState.STOPPED)
             self.last_state[work_id] = record.state
+
+    @invariant()
+    def stats_counters_match_the_records(self) -> None:
+        # The book keeps counters for stats; recounting the settled records must agree.
+        stats = self.book.stats(ENV, self.now_us)
+        records = list(self.book.records(ENV))
+        expected = queue_stats(records, [], self.now_us)
+        assert (stats.depth, stats.pending, stats.oldest_queued_at_us) == (
+            expected.depth,
+            expected.pending,
+            expected.oldest_queued_at_us,
+        )
+        assert self.book.queued_count(ENV) == expected.depth + expected.pending
 
 
 def test_lease_book_state_machine() -> None:

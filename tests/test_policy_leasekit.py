@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +19,7 @@ from policy_support import TRIP_S, Play, ok
 
 from leasekit.lease import LeaseBook, LeaseConfig
 from leasekit.policy import (
+    LEASEKIT_PRESETS,
     EndReason,
     FixedPolicy,
     HeartbeatPolicy,
@@ -43,6 +45,11 @@ RHO = 1e-4
 def leasekit(seed: int = 1, **options: object) -> LeasekitPolicy:
     options.setdefault("ttl_seconds", 30)
     return LeasekitPolicy(rng=random.Random(seed), **options)  # type: ignore[arg-type]
+
+
+def leasekit_v1(seed: int = 1, **options: object) -> LeasekitPolicy:
+    """v1's parameter set (``leasekit:v1``): fixed timeouts, exponential retries."""
+    return leasekit(seed, **{**LEASEKIT_PRESETS["v1"], **options})
 
 
 # ----------------------------------------------------------------- schedule
@@ -104,8 +111,8 @@ def test_refuses_a_schedule_whose_beat_could_fall_after_the_local_deadline(
 
 
 @pytest.mark.parametrize("failure", ["transient", "timeout"])
-def test_fast_exponential_retry_after_transient_or_timeout_capped(failure: str) -> None:
-    policy = leasekit(ttl_seconds=300, jitter_fraction=0.0, attempt_timeout_s=1.0)
+def test_v1_fast_exponential_retry_after_transient_or_timeout_capped(failure: str) -> None:
+    policy = leasekit_v1(ttl_seconds=300, jitter_fraction=0.0, attempt_timeout_s=1.0)
     play = Play(policy).ok(ttl=300)
     delays = []
     for _ in range(7):
@@ -121,9 +128,9 @@ def test_fast_exponential_retry_after_transient_or_timeout_capped(failure: str) 
     assert play.send.at - (send.at + TRIP_S) == pytest.approx(0.5)
 
 
-def test_retry_jitter_is_bounded() -> None:
+def test_v1_retry_jitter_is_bounded() -> None:
     for seed in range(30):
-        play = Play(leasekit(seed, ttl_seconds=300, attempt_timeout_s=1.0)).ok(ttl=300)
+        play = Play(leasekit_v1(seed, ttl_seconds=300, attempt_timeout_s=1.0)).ok(ttl=300)
         for n in range(6):
             send = play.send
             play.transient()
@@ -134,8 +141,8 @@ def test_retry_jitter_is_bounded() -> None:
 @pytest.mark.parametrize(
     ("ttl", "timeout"), [(5, 1.0), (10, 1.0), (30, 3.0), (90, 9.0), (600, 10.0)]
 )
-def test_attempt_timeout_is_a_tenth_of_ttl_between_1_and_10_s(ttl: int, timeout: float) -> None:
-    play = Play(leasekit(ttl_seconds=ttl)).ok(ttl=ttl)
+def test_v1_attempt_timeout_is_a_tenth_of_ttl_between_1_and_10_s(ttl: int, timeout: float) -> None:
+    play = Play(leasekit_v1(ttl_seconds=ttl)).ok(ttl=ttl)
     assert play.send.timeout_s == pytest.approx(timeout)
     explicit = Play(leasekit(ttl_seconds=ttl, attempt_timeout_s=0.25)).ok(ttl=ttl)
     assert explicit.send.timeout_s == 0.25
@@ -156,7 +163,7 @@ def test_local_deadline_is_send_time_of_last_success_plus_ttl_times_1_minus_rho(
 def test_per_attempt_timeout_never_past_the_local_deadline_and_no_send_after_it() -> None:
     # beat at +10, then attempts of 3 s with retries 0.5, 1, 2, 4 s apart: the
     # fifth starts at +29.5 and is cut to end at the deadline (+29.997)
-    policy = leasekit(ttl_seconds=30, attempt_timeout_s=3.0, jitter_fraction=0.0)
+    policy = leasekit_v1(ttl_seconds=30, attempt_timeout_s=3.0, jitter_fraction=0.0)
     play = Play(policy).ok(ttl=30)
     deadline = policy.deadline
     assert deadline is not None
@@ -495,7 +502,11 @@ networks = st.tuples(delays_s, delays_s, st.integers(0, 9), st.integers(0, 4))
 
 
 def _safety_run(
-    policy: HeartbeatPolicy, data: st.DataObject, rate: float = 1.0, until_s: float = 90.0
+    policy: HeartbeatPolicy,
+    data: st.DataObject,
+    rate: float = 1.0,
+    until_s: float = 90.0,
+    network_at: Callable[[st.DataObject, float], tuple[float, float, int, int]] | None = None,
 ) -> None:
     """A worker runs ``policy`` over a random network; a rival polls every second
     (reclaim 0), claims what it gets, and renews every two seconds.
@@ -545,7 +556,9 @@ def _safety_run(
         if kind == "send":
             send = payload
             assert isinstance(send, Send)
-            d_req, d_ans, lose_req, lose_ans = data.draw(networks)
+            d_req, d_ans, lose_req, lose_ans = (
+                data.draw(networks) if network_at is None else network_at(data, t)
+            )
             answered = lose_req != 0 and lose_ans != 0 and d_req + d_ans < send.timeout_s / rate
             if not answered:  # the client times out, whatever the server does
                 timeout_at = send.at + send.timeout_s
@@ -691,7 +704,11 @@ def test_the_sdk_policy_keeps_no_local_deadline_unless_a_driver_imposes_it() -> 
     # leasekit's keeper imposes the rule: wake at the deadline, then stop
     timed_out = Play(SdkPolicy(rng=random.Random(1))).ok(ttl=20).result(Outcome.TIMEOUT)
     retry = timed_out.send
-    assert timed_out.policy.deadline is not None and retry.at > timed_out.policy.deadline
-    assert timed_out.policy.due(retry, enforce_deadline=True) == timed_out.policy.deadline
-    stop = timed_out.policy.sending(retry, timed_out.policy.deadline, enforce_deadline=True)
+    sdk = timed_out.policy
+    assert sdk.deadline is not None and retry.at > sdk.deadline
+    # ...anchored at the send time of the last success, not at the SDK's receive time
+    assert sdk.send_deadline == pytest.approx(1000.0 + 20 * (1 - RHO))
+    assert sdk.deadline == pytest.approx(1000.0 + TRIP_S + 20)
+    assert sdk.due(retry, enforce_deadline=True) == sdk.send_deadline
+    stop = sdk.sending(retry, sdk.send_deadline, enforce_deadline=True)
     assert isinstance(stop, Stop) and stop.reason is EndReason.ASSUMED_LOST

@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
             "2 for bad input or an unreachable server."
         ),
     )
-    parser.add_argument("url", help="the API base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("url", help="the API base URL, e.g. http://127.0.0.1:8787")
     parser.add_argument("--env", required=True, help="environment id")
     parser.add_argument("--key", required=True, help="the environment's API key (never printed)")
     parser.add_argument("--work", help="work id to claim (default: poll for one)")
@@ -109,8 +109,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"keeping {target} in {args.env} at {args.url} for {args.duration:g} s ({policy.name})")
     try:
         lease = anyio.run(main)
-    except (StatusError, LookupError, httpx.TransportError, OSError) as error:
-        print(f"leasekit keep: {error}", file=sys.stderr)
+    except (httpx.TransportError, OSError) as error:
+        # connection refused, DNS, TLS: say which server could not be reached
+        print(f"leasekit keep: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 2
+    except (StatusError, LookupError) as error:
+        print(f"leasekit keep: {args.url}: {error}", file=sys.stderr)
         return 2
     if lease.end_reason is None:
         print(f"held {lease.work_id} to the end: {lease.attempts} heartbeats")

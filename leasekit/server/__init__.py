@@ -1,4 +1,4 @@
-"""The reference lease server: PROTOCOL.md part A over real HTTP.
+"""The reference lease server: the work-lease API (docs/protocol.md) over real HTTP.
 
 Build an ASGI app with :func:`create_app` and serve it with uvicorn, or run
 it in a background thread with :func:`running_server` (tests, notebooks)::
@@ -9,7 +9,10 @@ it in a background thread with :func:`running_server` (tests, notebooks)::
 
 State lives in memory (default) or in a SQLite file (``db_path``); every
 rule comes from :mod:`leasekit.lease`. ``app.state.faults`` injects lost
-requests, lost answers, errors and latency at run time. See docs/server.md.
+requests, lost answers, errors and latency at run time. :class:`Limits` caps
+each environment's request rate and queue (429 with ``Retry-After``), and
+:func:`uvicorn_config` serves with idle and slow connections closed and the
+number of connections capped. See docs/server.md.
 """
 
 from __future__ import annotations
@@ -19,20 +22,30 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..lease import LeaseConfig
 from ._app import LeaseServerApp
+from ._connections import REQUEST_TIMEOUT_S, default_max_connections, guarded_protocol
 from ._faults import FaultAction, FaultConfig, Faults
+from ._limits import Limits
 from ._memory import MemoryStore
 from ._store import Store
 
+if TYPE_CHECKING:
+    import uvicorn
+
 __all__ = [
+    "REQUEST_TIMEOUT_S",
     "FaultAction",
     "FaultConfig",
     "Faults",
     "LeaseServerApp",
+    "Limits",
     "create_app",
+    "default_max_connections",
     "running_server",
+    "uvicorn_config",
 ]
 
 
@@ -42,6 +55,7 @@ def create_app(
     config: LeaseConfig | None = None,
     faults: FaultConfig | None = None,
     seed_work: Mapping[str, int] | None = None,
+    limits: Limits | None = None,
 ) -> LeaseServerApp:
     """Build the reference server.
 
@@ -49,7 +63,9 @@ def create_app(
     environment). ``db_path``: a SQLite file (created if missing) or ``None``
     for memory. ``config``: TTL settings in seconds. ``faults``: the faults
     to start with. ``seed_work``: queued items to create at start, per
-    environment. Raises :class:`ValueError` for inconsistent arguments.
+    environment (not counted against ``limits.max_queued``). ``limits``:
+    per-environment request rate and queue caps (default: none). Raises
+    :class:`ValueError` for inconsistent arguments.
     """
     if not keys:
         raise ValueError("keys: at least one environment and its key are needed")
@@ -77,7 +93,30 @@ def create_app(
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"seed_work: {environment_id!r} needs a count >= 0, got {count!r}")
         store.seed(environment_id, count, now_us)
-    return LeaseServerApp(store, keys, Faults(faults))
+    return LeaseServerApp(store, keys, Faults(faults), limits)
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    max_connections: int | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    **options: Any,
+) -> uvicorn.Config:
+    """A ``uvicorn.Config`` that serves ``app`` the way ``leasekit serve`` does.
+
+    HTTP/1.1 through :class:`~leasekit.server._connections.GuardedH11Protocol`:
+    a connection that sends no complete request head within
+    ``request_timeout_s`` seconds of opening or of its last answer is closed;
+    beyond ``max_connections`` open connections (default: below the file
+    descriptor limit, :func:`default_max_connections`) a new one gets a 529
+    envelope and is closed; bytes that are not HTTP get a 400 envelope.
+    ``options`` go to ``uvicorn.Config`` (``host``, ``port``, ``log_level``, ...).
+    """
+    import uvicorn
+
+    http = guarded_protocol(max_connections, request_timeout_s)
+    return uvicorn.Config(app, http=http, **options)
 
 
 @contextmanager
@@ -88,17 +127,22 @@ def running_server(
     port: int = 0,
     log_level: str = "warning",
     access_log: bool = False,
+    max_connections: int | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread; yields the base URL.
 
-    ``port=0`` picks a free ephemeral port. On exit, held (dropped) requests
-    are released and the server stops; the store is closed.
+    ``port=0`` picks a free ephemeral port. Connections are guarded as by
+    :func:`uvicorn_config`. On exit, held (dropped) requests are released
+    and the server stops; the store is closed.
     """
     import uvicorn
 
     server = uvicorn.Server(
-        uvicorn.Config(
+        uvicorn_config(
             app,
+            max_connections=max_connections,
+            request_timeout_s=request_timeout_s,
             host=host,
             port=port,
             log_level=log_level,

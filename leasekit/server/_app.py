@@ -1,4 +1,4 @@
-"""The HTTP layer: a small ASGI app that routes PROTOCOL.md part A calls to a store.
+"""The HTTP layer: a small ASGI app routing the work-lease calls (docs/protocol.md) to a store.
 
 Written against raw ASGI rather than a framework's router because the
 heartbeat is the hot path: one split of the path, one dict lookup for the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import re
@@ -24,7 +23,9 @@ from starlette.datastructures import State
 
 from ..lease import DEFAULT_RECLAIM_OLDER_THAN_MS
 from ..protocol import ApiError, ErrorType, dumps
+from ._connections import Throttled
 from ._faults import Faults
+from ._limits import QUEUE_FULL_RETRY_AFTER_S, Limits, RateLimited, RequestRates
 from ._store import Json, Store
 
 logger = logging.getLogger("leasekit.server")
@@ -38,7 +39,10 @@ MAX_BODY_BYTES: Final = 64 * 1024
 """Larger request bodies answer 413 (metadata is limited far below this)."""
 HOLD_LIMIT_S: Final = 600.0
 """A dropped request or answer holds its connection at most this long."""
-MAX_SESSION_ID_CHARS: Final = 256
+BODY_TIMEOUT_S: Final = 10.0
+"""A request body must arrive within this long of the request's head (400)."""
+REFUSAL_DELAY_S: Final = 0.5
+"""How long a 401 (unknown key) or 429 (over a limit) waits before it is sent."""
 MAX_WORKER_ID_CHARS: Final = 256
 MAX_RECLAIM_OLDER_THAN_MS: Final = 86_400_000
 
@@ -84,6 +88,8 @@ def _json_object(body: bytes, allowed: frozenset[str]) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
+    except RecursionError:
+        raise _bad("request body: JSON nested too deeply") from None
     except json.JSONDecodeError as error:
         raise _bad(
             f"request body: malformed JSON ({error.msg} at line {error.lineno} "
@@ -95,7 +101,7 @@ def _json_object(body: bytes, allowed: frozenset[str]) -> dict[str, Any]:
         raise _bad(f"request body: expected a JSON object, got {type(value).__name__}")
     for key in value:
         if key not in allowed:
-            raise _bad(f"request body: unknown field {key!r:.80}")
+            raise _bad(f"request body: unknown field {key!r:.80}")  # repr: printable text
     return value
 
 
@@ -153,7 +159,13 @@ class LeaseServerApp:
     ``state.store`` the storage backend.
     """
 
-    def __init__(self, store: Store, keys: Mapping[str, str], faults: Faults) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: Mapping[str, str],
+        faults: Faults,
+        limits: Limits | None = None,
+    ) -> None:
         self.store = store
         self.faults = faults
         self.state = State()
@@ -165,8 +177,15 @@ class LeaseServerApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
         self._held = 0
-        self._request_prefix = "req_" + secrets.token_hex(6)
-        self._request_counter = itertools.count(1)
+        self.body_timeout_s = BODY_TIMEOUT_S
+        """Seconds a request body may take to arrive after its head (then 400)."""
+        self.refusal_delay_s = REFUSAL_DELAY_S
+        """Seconds a 401 or 429 waits before it is sent (0: at once)."""
+        self.limits = limits or Limits()
+        rate = self.limits.requests_per_second
+        self._rates = None if rate is None else RequestRates(rate, self.limits.burst)
+        self._unexpected = Throttled("unexpected errors (tracebacks: the first of each interval)")
+        self._unexpected_traced_at = -1e9
 
     # ------------------------------------------------------------------ ASGI
 
@@ -209,9 +228,11 @@ class LeaseServerApp:
             loop.call_soon_threadsafe(closing.set)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = f"{self._request_prefix}{next(self._request_counter):08x}"
+        # Random, not counted: a count would tell a tenant how busy the others are.
+        request_id = "req_" + secrets.token_hex(12)
         action = None
         route_name = "?"
+        retry_after_s: int | None = None
         try:
             route = _route(scope["method"], scope["path"])
             if route is None:
@@ -234,6 +255,8 @@ class LeaseServerApp:
                     raise ApiError(kind, "injected fault: the server did not process this request")
             headers = scope["headers"]
             self._authorize(headers, environment_id)
+            if self._rates is not None:
+                self._rates.admit(environment_id, time.monotonic())
             body = b""
             if route_name in _WITH_BODY:
                 body = await self._read_body(headers, receive)
@@ -243,32 +266,61 @@ class LeaseServerApp:
             )
         except ApiError as error:
             status, answer = error.status, error.envelope(request_id)
+            if status == 429:
+                retry_after_s = (
+                    error.retry_after_s
+                    if isinstance(error, RateLimited)
+                    else QUEUE_FULL_RETRY_AFTER_S
+                )
+            if status in (401, 429) and self.refusal_delay_s > 0:
+                # A client over its limit, or guessing keys, waits for its
+                # refusal: a flood that ignores Retry-After then sends at most
+                # one request per connection per delay instead of taking the
+                # event loop from the tenants that behave.
+                await asyncio.sleep(min(self.refusal_delay_s, retry_after_s or 60))
         except Exception:
-            # Log the traceback for the operator (no headers, hence no keys);
-            # the client only learns that something went wrong.
-            logger.exception("unexpected error in %s (request %s)", route_name, request_id)
+            self._log_unexpected(route_name, request_id)
             status = 500
             answer = ApiError(ErrorType.API, "internal server error").envelope(request_id)
         if action == "drop_answer":
             await self._hold(receive, send, request_id)
             return
-        await self._send_json(send, status, answer, request_id)
+        await self._send_json(send, status, answer, request_id, retry_after_s)
+
+    def _log_unexpected(self, route_name: str, request_id: str) -> None:
+        """The traceback for the operator (no headers, hence no keys), at most
+        one per interval: a client that found a way to fail us must not be
+        able to fill the disk; the client only learns that something failed."""
+        now = time.monotonic()
+        if now - self._unexpected_traced_at >= 10.0:
+            self._unexpected_traced_at = now
+            logger.exception("unexpected error in %s (request %s)", route_name, request_id)
+        self._unexpected.hit()
 
     async def _send_json(
-        self, send: Send, status: int, answer: Json | None, request_id: str
+        self,
+        send: Send,
+        status: int,
+        answer: Json | None,
+        request_id: str,
+        retry_after_s: int | None = None,
     ) -> None:
-        payload = dumps(answer)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    _JSON_HEADERS,
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"request-id", request_id.encode()),
-                ],
-            }
-        )
+        try:
+            payload = dumps(answer)
+        except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+            # Nothing may store text that cannot be encoded (see check_text);
+            # if something did, the client still gets the envelope.
+            self._log_unexpected("answer encoding", request_id)
+            status = 500
+            payload = dumps(ApiError(ErrorType.API, "internal server error").envelope(request_id))
+        headers = [
+            _JSON_HEADERS,
+            (b"content-length", str(len(payload)).encode()),
+            (b"request-id", request_id.encode()),
+        ]
+        if retry_after_s is not None:
+            headers.append((b"retry-after", str(retry_after_s).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     # ------------------------------------------------------------------ plumbing
@@ -299,6 +351,13 @@ class LeaseServerApp:
                 raise ApiError(
                     ErrorType.REQUEST_TOO_LARGE, f"request body: larger than {MAX_BODY_BYTES} bytes"
                 )
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await self._receive_body(receive)
+        except TimeoutError:
+            raise _bad(f"request body: not complete within {self.body_timeout_s:g} s") from None
+
+    async def _receive_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -390,6 +449,7 @@ class LeaseServerApp:
             metadata = fields.get("metadata")
             if not isinstance(metadata, dict):
                 raise _bad("metadata: expected an object of string or null values")
+            # the rules check the patch (leasekit.lease.validate_metadata) before any change
             return await store.update_metadata(environment_id, work_id, _now_us(), metadata)
         if route == _LIST:
             query = _parse_query(scope["query_string"])
@@ -402,8 +462,10 @@ class LeaseServerApp:
         raise AssertionError(f"unrouted {route}")  # pragma: no cover
 
     async def _create(self, environment_id: str, body: bytes) -> Json:
+        # The JSON's shape here; the item's fields (data.id, metadata) are
+        # checked once, for both stores, by leasekit.lease.new_record.
         fields = _json_object(body, frozenset({"data", "metadata"}))
-        session_id: str | None = None
+        session_id: Any = None
         data = fields.get("data")
         if data is not None:
             if not isinstance(data, dict):
@@ -414,18 +476,9 @@ class LeaseServerApp:
             if data.get("type", "session") != "session":
                 raise _bad(f"data.type: expected 'session', got {data.get('type')!r:.80}")
             session_id = data.get("id")
-            if session_id is not None and (
-                not isinstance(session_id, str) or not 1 <= len(session_id) <= MAX_SESSION_ID_CHARS
-            ):
-                raise _bad(f"data.id: expected a string of 1 to {MAX_SESSION_ID_CHARS} characters")
-        metadata = fields.get("metadata")
-        if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise _bad("metadata: expected an object of string values")
-            for key, value in metadata.items():
-                if value is None:  # null deletes a key in an update; a new item has none
-                    raise _bad(f"metadata.{key:.80}: expected a string")
-        item = await self.store.enqueue(environment_id, _now_us(), session_id, metadata)
+        item = await self.store.enqueue(
+            environment_id, _now_us(), session_id, fields.get("metadata"), self.limits.max_queued
+        )
         self._notify_arrival(environment_id)
         return item
 

@@ -8,7 +8,7 @@ point of view:
   stays open without an answer until the client gives up.
 * ``drop_answer``: the request is processed and committed, then the answer
   is lost the same way. The client's next echo then meets a 412: the
-  self-inflicted lease loss of PROTOCOL.md.
+  self-inflicted lease loss (docs/protocol.md).
 * ``error``: a 500 (``api_error``) or 529 (``overloaded_error``) answer
   without processing.
 * ``latency``: a delay added before processing, drawn from a

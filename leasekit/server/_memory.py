@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..lease import LeaseBook, LeaseConfig
+from ..lease import LeaseBook, LeaseConfig, random_work_id
 from ._store import Json
 
 
@@ -14,7 +14,7 @@ class MemoryStore:
     recheck_s: float | None = None
 
     def __init__(self, config: LeaseConfig) -> None:
-        self.book = LeaseBook(config)
+        self.book = LeaseBook(config, work_ids=random_work_id)
 
     def add_environment(self, environment_id: str) -> None:
         self.book.add_environment(environment_id)
@@ -29,8 +29,11 @@ class MemoryStore:
         now_us: int,
         session_id: str | None,
         metadata: Mapping[str, str] | None,
+        max_queued: int | None = None,
     ) -> Json:
-        record = self.book.enqueue(environment_id, now_us, session_id=session_id, metadata=metadata)
+        record = self.book.enqueue(
+            environment_id, now_us, session_id=session_id, metadata=metadata, max_queued=max_queued
+        )
         return record.to_item().to_json()
 
     async def poll(

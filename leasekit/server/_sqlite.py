@@ -14,6 +14,13 @@ survives a kill -9 of the server (and a power cut), so a 200 means committed.
 Expiry is lazy: every touch settles the record, and poll, list and stats
 first settle every record whose ``deadline_us`` (indexed) has passed.
 
+Stats and the queue limit read per-environment counters (``queue_counts``)
+that every write keeps up to date in the same transaction, and list pages
+walk an ``(environment_id, seq)`` index: their cost does not grow with the
+queue. Sequence numbers count per environment, and work ids are random, so
+nothing an environment sees counts another's items. A new file is created
+mode 0600 (it holds the items' secrets); SQLite gives its WAL the same mode.
+
 All database work runs on one writer thread per store, off the event loop,
 with group commit: the jobs that queued up while a transaction ran share
 the next one (each in its own savepoint, so one job's error undoes only that
@@ -26,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import operator
+import os
 import queue
 import secrets
 import sqlite3
@@ -40,17 +49,23 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..lease import (
+    IN_DEPTH,
+    IN_PENDING,
     WORKERS_POLLING_WINDOW_US,
     LeaseConfig,
     LeaseRules,
     WorkRecord,
     decode_cursor,
     encode_cursor,
-    queue_stats,
+    expired_up_to_us,
+    expiry_at_us,
+    new_record,
+    queue_slot,
+    random_work_id,
+    reclaimable_up_to_us,
     validate_list_limit,
-    validate_metadata,
 )
-from ..protocol import ApiError, ErrorType, WorkList, WorkState
+from ..protocol import ApiError, ErrorType, QueueStats, WorkList, WorkState
 from ._store import Json
 
 T = TypeVar("T")
@@ -58,7 +73,6 @@ logger = logging.getLogger("leasekit.server")
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(WorkRecord))
 _KEY_FIELDS: Final = ("environment_id", "work_id")
-_MUTABLE: Final = _FIELDS[2:]
 assert _FIELDS[:2] == _KEY_FIELDS, "WorkRecord must start with its key fields"
 _CONFLICT_RETRIES: Final = 100
 MAX_BATCH: Final = 64
@@ -72,10 +86,17 @@ CREATE TABLE IF NOT EXISTS work (
     {", ".join(f"{name}" for name in _FIELDS if name not in _KEY_FIELDS)},
     PRIMARY KEY (environment_id, work_id)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS work_seq ON work (seq);
+DROP INDEX IF EXISTS work_seq;
+CREATE UNIQUE INDEX IF NOT EXISTS work_env_seq ON work (environment_id, seq);
 CREATE INDEX IF NOT EXISTS work_queue ON work (environment_id, state, seq);
+CREATE INDEX IF NOT EXISTS work_queue_created ON work (environment_id, state, created_at_us);
 CREATE INDEX IF NOT EXISTS work_deadline ON work (environment_id, deadline_us)
     WHERE deadline_us IS NOT NULL;
+CREATE TABLE IF NOT EXISTS queue_counts (
+    environment_id TEXT PRIMARY KEY,
+    depth INTEGER NOT NULL,
+    pending INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pollers (
     environment_id TEXT NOT NULL,
     worker_id TEXT NOT NULL,
@@ -87,10 +108,18 @@ _SELECT: Final = f"SELECT {', '.join(_FIELDS)} FROM work"
 _INSERT: Final = (
     f"INSERT INTO work ({', '.join(_FIELDS)}) VALUES ({', '.join('?' for _ in _FIELDS)})"
 )
-_UPDATE: Final = (
-    f"UPDATE work SET {', '.join(f'{name} = ?' for name in _MUTABLE)} "
-    "WHERE environment_id = ? AND work_id = ? AND last_heartbeat IS ? AND version = ?"
-)
+_MUTABLE_AT: Final = tuple(range(len(_KEY_FIELDS), len(_FIELDS)))
+
+
+@functools.cache
+def _update_sql(columns: tuple[int, ...]) -> str:
+    """The conditional UPDATE of the columns at these ``_FIELDS`` positions
+    (a handful of combinations occur: one per kind of change)."""
+    assignments = ", ".join(f"{_FIELDS[at]} = ?" for at in columns)
+    return (
+        f"UPDATE work SET {assignments} "
+        "WHERE environment_id = ? AND work_id = ? AND last_heartbeat IS ? AND version = ?"
+    )
 
 
 _Work = Callable[[sqlite3.Connection, int], Any]
@@ -118,6 +147,38 @@ class _Conflict(Exception):
 
 _read_fields = operator.attrgetter(*_FIELDS)
 _STATE_AT: Final = _FIELDS.index("state")
+_HANDED_AT: Final = _FIELDS.index("handed_out_at_us")
+_COUNT: Final = (
+    "INSERT INTO queue_counts VALUES (?, ?, ?) ON CONFLICT (environment_id) "
+    "DO UPDATE SET depth = depth + excluded.depth, pending = pending + excluded.pending"
+)
+_RECOUNT: Final = """
+DELETE FROM queue_counts;
+INSERT INTO queue_counts
+    SELECT environment_id, SUM(handed_out_at_us IS NULL), SUM(handed_out_at_us IS NOT NULL)
+    FROM work WHERE state = 'queued' GROUP BY environment_id
+"""
+
+
+POLLERS_PRUNE_EVERY: Final = 1024
+"""Polls with a worker id between two deletions of stale pollers."""
+
+
+def _prune_pollers(conn: sqlite3.Connection, environment_id: str, now_us: int) -> None:
+    conn.execute(
+        "DELETE FROM pollers WHERE environment_id = ? AND last_poll_us < ?",
+        (environment_id, now_us - WORKERS_POLLING_WINDOW_US),
+    )
+
+
+def _count(conn: sqlite3.Connection, environment_id: str, slot: int, delta: int) -> None:
+    """Move the environment's queue counter of ``slot`` by ``delta``."""
+    if slot == IN_DEPTH:
+        conn.execute(_COUNT, (environment_id, delta, 0))
+    elif slot == IN_PENDING:
+        conn.execute(_COUNT, (environment_id, 0, delta))
+
+
 _METADATA_AT: Final = _FIELDS.index("metadata")
 _EMPTY_METADATA: Final = "{}"
 
@@ -168,10 +229,20 @@ class SqliteStore:
         )
         self._writer.start()
         self._closed = False
+        self._polls_since_prune = 0  # used on the writer thread only
 
     # ------------------------------------------------------------------ plumbing
 
     def _open(self) -> sqlite3.Connection:
+        try:
+            # The file holds every item's secret: create it readable by its owner only.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise ValueError(f"{self.path}: cannot create the database: {error}") from None
+        else:
+            os.close(fd)
         try:
             # Used by the writer thread only, after this constructor hands it over.
             conn = sqlite3.connect(
@@ -184,7 +255,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
+            for statement in (*_SCHEMA.split(";"), *_RECOUNT.split(";")):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("COMMIT")
@@ -322,12 +393,24 @@ class SqliteStore:
     def _save(self, conn: sqlite3.Connection, loaded: _Loaded) -> None:
         """Write the record back if the rules changed it: one conditional UPDATE."""
         row = _to_row(loaded.record)
-        if row == loaded.row:
+        old = loaded.row
+        if row == old:
             return
-        # _FIELDS starts with the key columns, then the mutable ones in order
-        cursor = conn.execute(_UPDATE, (*row[2:], *row[:2], loaded.last_heartbeat, loaded.version))
+        # Only the columns that changed: SQLite rewrites every index whose
+        # columns an UPDATE sets, changed or not, and a renewal changes no
+        # indexed column but the deadline (one WAL page less per heartbeat).
+        changed = tuple(at for at in _MUTABLE_AT if row[at] != old[at])
+        cursor = conn.execute(
+            _update_sql(changed),
+            (*(row[at] for at in changed), *row[:2], loaded.last_heartbeat, loaded.version),
+        )
         if cursor.rowcount != 1:
             raise _Conflict
+        was = queue_slot(old[_STATE_AT], old[_HANDED_AT])
+        now = queue_slot(row[_STATE_AT], row[_HANDED_AT])
+        if was != now:
+            _count(conn, row[0], was, -1)
+            _count(conn, row[0], now, +1)
 
     def _load(self, conn: sqlite3.Connection, environment_id: str, work_id: str) -> _Loaded:
         row = conn.execute(
@@ -354,7 +437,8 @@ class SqliteStore:
 
     def _settle_due(self, conn: sqlite3.Connection, environment_id: str, now_us: int) -> None:
         rows = conn.execute(
-            f"{_SELECT} WHERE environment_id = ? AND deadline_us < ?", (environment_id, now_us)
+            f"{_SELECT} WHERE environment_id = ? AND deadline_us <= ?",
+            (environment_id, expired_up_to_us(now_us)),
         ).fetchall()
         for row in rows:
             loaded = _Loaded(row)
@@ -377,24 +461,44 @@ class SqliteStore:
         now_us: int,
         session_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        max_queued: int | None = None,
     ) -> Json:
-        if metadata is not None:
-            validate_metadata(metadata, where="metadata")
+        if max_queued is not None:
+            queued = self._queued(conn, environment_id)
+            if queued >= max_queued:
+                self._settle_due(conn, environment_id, now_us)  # expiries requeue items
+                queued = self._queued(conn, environment_id)
+            if queued >= max_queued:
+                raise ApiError(
+                    ErrorType.RATE_LIMIT,
+                    f"environment {environment_id!r}: {queued} work items queued, "
+                    f"the limit is {max_queued}",
+                )
         # Under the write lock, so unique across every process on the file.
-        (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM work").fetchone()
-        work_id = f"work_{seq:08d}"
-        record = WorkRecord(
-            environment_id=environment_id,
-            work_id=work_id,
-            session_id=session_id or f"session_{seq:08d}",
+        (seq,) = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM work WHERE environment_id = ?",
+            (environment_id,),
+        ).fetchone()
+        record = new_record(
+            environment_id,
+            random_work_id(),
+            seq,
+            now_us,
             secret=secrets.token_urlsafe(24),
-            created_at_us=now_us,
-            seq=seq,
             ttl_seconds=self.rules.config.default_ttl_seconds,
-            metadata=dict(metadata or {}),
+            session_id=session_id,
+            metadata=metadata,
         )
         conn.execute(_INSERT, _to_row(record))
+        _count(conn, environment_id, IN_DEPTH, +1)
         return record.to_item().to_json()
+
+    @staticmethod
+    def _queued(conn: sqlite3.Connection, environment_id: str) -> int:
+        row = conn.execute(
+            "SELECT depth + pending FROM queue_counts WHERE environment_id = ?", (environment_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     async def enqueue(
         self,
@@ -402,9 +506,11 @@ class SqliteStore:
         now_us: int,
         session_id: str | None,
         metadata: Mapping[str, str] | None,
+        max_queued: int | None = None,
     ) -> Json:
         return await self._write(
-            lambda c, now: self._enqueue(c, environment_id, now, session_id, metadata), now_us
+            lambda c, now: self._enqueue(c, environment_id, now, session_id, metadata, max_queued),
+            now_us,
         )
 
     async def poll(
@@ -419,11 +525,19 @@ class SqliteStore:
                     "DO UPDATE SET last_poll_us = excluded.last_poll_us",
                     (environment_id, worker_id, now_us),
                 )
+                self._polls_since_prune += 1
+                if self._polls_since_prune >= POLLERS_PRUNE_EVERY:
+                    # Worker ids come from clients: forget stale ones now and
+                    # then, not only when someone asks for stats.
+                    self._polls_since_prune = 0
+                    _prune_pollers(conn, environment_id, now_us)
             self._settle_due(conn, environment_id, now_us)
-            # Coarse filter in SQL; the rules decide which one may go.
+            # Coarse filter in SQL (not handed out, or long enough ago to be
+            # reclaimed); the rules decide which one may go.
             cursor = conn.execute(
-                f"{_SELECT} WHERE environment_id = ? AND state = 'queued' ORDER BY seq",
-                (environment_id,),
+                f"{_SELECT} WHERE environment_id = ? AND state = 'queued' "
+                "AND (handed_out_at_us IS NULL OR handed_out_at_us <= ?) ORDER BY seq",
+                (environment_id, reclaimable_up_to_us(now_us, reclaim_older_than_ms)),
             )
             while rows := cursor.fetchmany(64):
                 for row in rows:
@@ -451,7 +565,7 @@ class SqliteStore:
             ).fetchone()
             candidates = []
             if deadline is not None:
-                candidates.append(deadline + 1)  # good up to and including the deadline
+                candidates.append(expiry_at_us(deadline))
             if handed is not None:
                 candidates.append(handed + reclaim_older_than_ms * 1_000)
             return min(candidates) if candidates else None
@@ -533,23 +647,21 @@ class SqliteStore:
     async def stats(self, environment_id: str, now_us: int) -> Json:
         def stats(conn: sqlite3.Connection, now_us: int) -> Json:
             self._settle_due(conn, environment_id, now_us)
-            conn.execute(
-                "DELETE FROM pollers WHERE environment_id = ? AND last_poll_us < ?",
-                (environment_id, now_us - WORKERS_POLLING_WINDOW_US),
-            )
-            records = [
-                _to_record(row)
-                for row in conn.execute(
-                    f"{_SELECT} WHERE environment_id = ? AND state = 'queued'", (environment_id,)
-                )
-            ]
-            poll_times = [
-                at
-                for (at,) in conn.execute(
-                    "SELECT last_poll_us FROM pollers WHERE environment_id = ?", (environment_id,)
-                )
-            ]
-            return queue_stats(records, poll_times, now_us).to_json()
+            _prune_pollers(conn, environment_id, now_us)
+            # Counters and index lookups: the cost does not grow with the queue.
+            counts = conn.execute(
+                "SELECT depth, pending FROM queue_counts WHERE environment_id = ?",
+                (environment_id,),
+            ).fetchone()
+            depth, pending = counts or (0, 0)
+            (oldest,) = conn.execute(
+                "SELECT MIN(created_at_us) FROM work WHERE environment_id = ? AND state = 'queued'",
+                (environment_id,),
+            ).fetchone()
+            (polling,) = conn.execute(
+                "SELECT COUNT(*) FROM pollers WHERE environment_id = ?", (environment_id,)
+            ).fetchone()
+            return QueueStats(depth, pending, oldest, polling).to_json()
 
         return await self._write(stats, now_us)
 

@@ -30,7 +30,10 @@ class Store(Protocol):
         now_us: int,
         session_id: str | None,
         metadata: Mapping[str, str] | None,
-    ) -> Json: ...
+        max_queued: int | None = None,
+    ) -> Json:
+        """Create a queued item (fields checked by :func:`leasekit.lease.new_record`);
+        429 when the environment already has ``max_queued`` queued items."""
 
     async def poll(
         self, environment_id: str, now_us: int, worker_id: str | None, reclaim_older_than_ms: int

@@ -1,0 +1,459 @@
+"""Soak: a fleet of well-behaved keepers and hostile traffic against one server.
+
+One ``leasekit serve`` process on loopback (memory or SQLite), started as an
+operator would (key file, default limits). In this process a fleet of
+keepers (``--tenants`` environments x ``--keepers`` leases) heartbeats every
+``--interval`` seconds on keep-alive connections, echoing ``last_heartbeat``
+as a real client does. After a quiet phase, a second process adds hostile
+traffic in hostile windows that alternate with quiet ones (``--rounds``):
+
+* a heavy tenant (its queue seeded with ``--heavy-queue`` items) that floods
+  creates, stats and 100-item list pages without ever honouring 429;
+* bad input: lone surrogates, JSON nested 5,000 deep, wrong types, bytes
+  that are not HTTP, wrong keys;
+* ``--idle-sockets`` connections that never send a byte and some that send
+  half a request, each re-opened as soon as the server closes it.
+
+Reported: the keepers' heartbeat latency p50/p99 in the quiet and in the
+hostile windows (goal: hostile p99 within 2x of quiet), the server's RSS at
+start and after each round, every answer by status class,
+answers without the API's error envelope, and the size of the server's log.
+
+    .venv/bin/python benchmarks/bench_soak.py                    # ~85 s
+    .venv/bin/python benchmarks/bench_soak.py --store sqlite
+    .venv/bin/python benchmarks/bench_soak.py --rounds 1 --quiet-seconds 5 --hostile-seconds 5
+
+Loopback only; every loop ends at its phase's deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+GOOD_KEY = "soak-good-{}"
+HEAVY_ENV, HEAVY_KEY = "env_heavy", "soak-heavy"
+BAD_ENV, BAD_KEY = "env_bad", "soak-bad"
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class Closed(Exception):
+    """The server closed the connection."""
+
+
+async def request(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    method: str,
+    path: str,
+    key: str,
+    body: bytes = b"",
+) -> tuple[int, bytes]:
+    writer.write(
+        (
+            f"{method} {path} HTTP/1.1\r\nhost: soak\r\nx-api-key: {key}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    status_line = await reader.readline()
+    if not status_line:
+        raise Closed
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return int(status_line.split()[1]), await reader.readexactly(length)
+
+
+def classify(status: int, body: bytes, tally: Counter[str]) -> None:
+    """Count the answer by status class, and any error without the envelope."""
+    tally[f"{status // 100}xx"] += 1
+    if status >= 400:
+        try:
+            envelope = json.loads(body)
+            ok = envelope["type"] == "error" and isinstance(envelope["error"]["message"], str)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            tally["no envelope"] += 1
+
+
+# --------------------------------------------------------------------------- keepers
+
+
+async def keeper(
+    host: str,
+    port: int,
+    env: str,
+    key: str,
+    interval: float,
+    phases: list[tuple[str, float]],
+    latencies: dict[str, list[float]],
+    tally: Counter[str],
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    base = f"/v1/environments/{env}/work"
+    status, body = await request(reader, writer, "POST", base, key)
+    work_id = json.loads(body)["id"]
+    echo = "NO_HEARTBEAT"
+    await asyncio.sleep(random.random() * interval)  # spread the fleet over an interval
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    for phase, end in phases:
+        while loop.time() < end:
+            started = time.perf_counter()
+            status, body = await request(
+                reader,
+                writer,
+                "POST",
+                f"{base}/{work_id}/heartbeat?expected_last_heartbeat={echo}",
+                key,
+            )
+            latencies[phase].append(time.perf_counter() - started)
+            classify(status, body, tally)
+            if status == 200:
+                echo = json.loads(body)["last_heartbeat"]
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+    writer.close()
+
+
+# --------------------------------------------------------------------------- hostile traffic
+
+BAD_BODIES = [
+    b'{"metadata":{"k":"\\ud800"}}',
+    b'{"data":{"type":"session","id":"\\udfff"}}',
+    b"[" * 5000 + b"]" * 5000,
+    b'{"metadata":' + b"{" * 3000 + b"}" * 3000 + b"}",
+    b'{"metadata":{"k":7}}',
+    b'{"metadata":{"k":"' + b"x" * 600 + b'"}}',
+    b"{",
+    b"\xff\xfe\x00\x00",
+]
+
+
+async def flood(host: str, port: int, end: float, tally: Counter[str], work: Any) -> None:
+    """Send ``work(reader, writer)`` requests back to back until ``end``,
+    re-opening the connection when the server closes it."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < end:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            tally["connect failed"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            while loop.time() < end:
+                status, body = await work(reader, writer)
+                classify(status, body, tally)
+        except (Closed, ConnectionError, asyncio.IncompleteReadError):
+            tally["closed by server"] += 1
+        finally:
+            writer.close()
+
+
+async def idle(host: str, port: int, end: float, tally: Counter[str], half: bool) -> None:
+    """A connection that sends nothing (or half a request head), re-opened
+    whenever the server closes it."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < end:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            tally["connect failed"] += 1
+            await asyncio.sleep(0.5)
+            continue
+        if half:
+            writer.write(b"POST /v1/environments/env_bad/work HTTP/1.1\r\nhost: soak\r\n")
+        try:
+            data = await asyncio.wait_for(reader.read(), max(0.01, end - loop.time()))
+            if data.startswith(b"HTTP/1.1 "):  # refused over the connection cap
+                status = int(data.split()[1])
+                classify(status, data.partition(b"\r\n\r\n")[2], tally)
+            tally["idle closed by server" if not data else "idle refused"] += 1
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def hostile_windows(
+    host: str, port: int, windows: list[tuple[float, float]], idle_sockets: int, kinds: set[str]
+) -> Counter[str]:
+    """Hostile traffic in each ``(start, end)`` window of wall-clock time."""
+    tally: Counter[str] = Counter()
+    for start, end in windows:
+        await asyncio.sleep(max(0.0, start - time.time()))
+        await hostile(host, port, end - time.time(), idle_sockets, kinds, tally)
+    return tally
+
+
+async def hostile(
+    host: str, port: int, seconds: float, idle_sockets: int, kinds: set[str], tally: Counter[str]
+) -> None:
+    end = asyncio.get_running_loop().time() + seconds
+    heavy = f"/v1/environments/{HEAVY_ENV}/work"
+    bad = f"/v1/environments/{BAD_ENV}/work"
+    bodies = itertools.cycle(BAD_BODIES)
+
+    async def create(r: Any, w: Any) -> tuple[int, bytes]:
+        return await request(r, w, "POST", heavy, HEAVY_KEY, b'{"metadata":{"k":"v"}}')
+
+    async def stats(r: Any, w: Any) -> tuple[int, bytes]:
+        return await request(r, w, "GET", f"{heavy}/stats", HEAVY_KEY)
+
+    async def page(r: Any, w: Any) -> tuple[int, bytes]:
+        return await request(r, w, "GET", f"{heavy}?limit=100", HEAVY_KEY)
+
+    async def bad_body(r: Any, w: Any) -> tuple[int, bytes]:
+        return await request(r, w, "POST", bad, BAD_KEY, next(bodies))
+
+    async def wrong_key(r: Any, w: Any) -> tuple[int, bytes]:
+        return await request(r, w, "GET", bad, "not-a-key")
+
+    async def garbage(r: Any, w: Any) -> tuple[int, bytes]:
+        w.write(b"\x16\x03\x01\x02\x00 NOT HTTP\r\n\r\n")
+        data = await r.read()
+        if not data:
+            raise Closed
+        tally["parser refused"] += 1
+        return int(data.split()[1]), data.partition(b"\r\n\r\n")[2]
+
+    tasks = []
+    if "heavy" in kinds:
+        tasks += [flood(host, port, end, tally, create) for _ in range(4)]
+        tasks += [flood(host, port, end, tally, stats) for _ in range(2)]
+        tasks += [flood(host, port, end, tally, page) for _ in range(2)]
+    if kinds & {"bad", "bodies"}:
+        tasks += [flood(host, port, end, tally, bad_body) for _ in range(2)]
+    if kinds & {"bad", "keys"}:
+        tasks.append(flood(host, port, end, tally, wrong_key))
+    if kinds & {"bad", "garbage"}:
+        tasks.append(flood(host, port, end, tally, garbage))
+    if "idle" in kinds:
+        tasks += [idle(host, port, end, tally, half=n % 5 == 0) for n in range(idle_sockets)]
+    await asyncio.gather(*tasks)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def rss_mib(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+) kB", text)
+    return int(found.group(1)) / 1024 if found else float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def quantiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    cuts = statistics.quantiles(values, n=100)
+    return cuts[49] * 1e3, cuts[98] * 1e3
+
+
+async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dict[str, Any]:
+    # Quiet and hostile windows alternate, so that the load of whatever else
+    # runs on the machine falls on both alike.
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 2.0  # connections up, items created, hostile process started
+    wall_offset = time.time() - loop.time()
+    phases = [("warm-up", start)]
+    windows = []
+    at = start
+    for _ in range(args.rounds):
+        at += args.quiet_seconds
+        phases.append(("quiet", at))
+        windows.append((at + wall_offset, at + args.hostile_seconds + wall_offset))
+        at += args.hostile_seconds
+        phases.append(("hostile", at))
+    latencies: dict[str, list[float]] = {"warm-up": [], "quiet": [], "hostile": []}
+    durations = {"quiet": args.quiet_seconds, "hostile": args.hostile_seconds}
+    tally: Counter[str] = Counter()
+    keepers = [
+        keeper(
+            host,
+            port,
+            f"env_good_{t}",
+            GOOD_KEY.format(t),
+            args.interval,
+            phases,
+            latencies,
+            tally,
+        )
+        for t in range(args.tenants)
+        for _ in range(args.keepers)
+    ]
+    memory: dict[str, float] = {}
+    cpu: Counter[str] = Counter()
+
+    async def watch() -> dict[str, Any]:
+        command = [
+            sys.executable,
+            __file__,
+            "--hostile-run",
+            f"{host}:{port}",
+            "--windows",
+            ",".join(f"{a:.3f}:{b:.3f}" for a, b in windows),
+            "--idle-sockets",
+            str(args.idle_sockets),
+            "--hostile",
+            args.hostile,
+        ]
+        process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
+        await asyncio.sleep(max(0.0, start - loop.time()))
+        memory["start"] = rss_mib(pid)
+        used = cpu_s(pid)
+        for number, (name, end) in enumerate(phases[1:], 1):
+            await asyncio.sleep(max(0.0, end - loop.time()))
+            now_used = cpu_s(pid)
+            cpu[name] += now_used - used
+            used = now_used
+            if name == "hostile":
+                memory[f"after round {number // 2}"] = rss_mib(pid)
+        out, _ = await process.communicate()
+        report = json.loads(out)
+        cpu["hostile client"] = report["cpu_s"]
+        return dict(report["answers"])
+
+    results = await asyncio.gather(watch(), *keepers)
+    return {
+        "latencies": latencies,
+        "keepers": tally,
+        "hostile": results[0],
+        "memory": memory,
+        "cpu": {name: cpu[name] / (args.rounds * seconds) for name, seconds in durations.items()}
+        | {"hostile client": cpu["hostile client"] / (args.rounds * args.hostile_seconds)},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
+    parser.add_argument("--tenants", type=int, default=4, help="well-behaved environments")
+    parser.add_argument("--keepers", type=int, default=25, help="leases per environment")
+    parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval, s")
+    parser.add_argument("--quiet-seconds", type=float, default=10.0, help="per round")
+    parser.add_argument("--hostile-seconds", type=float, default=10.0, help="per round")
+    parser.add_argument("--rounds", type=int, default=4, help="quiet + hostile windows")
+    parser.add_argument("--windows", help=argparse.SUPPRESS)
+    parser.add_argument("--idle-sockets", type=int, default=1000)
+    parser.add_argument("--heavy-queue", type=int, default=20_000)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="the server's --rate: requests per second per environment (the keepers need "
+        "tenants' keepers / interval)",
+    )
+    parser.add_argument(
+        "--hostile",
+        default="heavy,bad,idle",
+        help="which hostile traffic: heavy (tenant flood), bad (= bodies, keys, garbage: "
+        "bad input, wrong keys, non-HTTP bytes), idle (idle and half-sent sockets); "
+        "comma-separated",
+    )
+    parser.add_argument("--hostile-run", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hostile_run:
+        host, _, port = args.hostile_run.rpartition(":")
+        kinds = set(args.hostile.split(","))
+        windows = [
+            (float(a), float(b)) for a, b in (pair.split(":") for pair in args.windows.split(","))
+        ]
+        tally = asyncio.run(hostile_windows(host, int(port), windows, args.idle_sockets, kinds))
+        print(json.dumps({"answers": tally, "cpu_s": time.process_time()}))
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file = Path(tmp) / "keys.txt"
+        lines = [f"env_good_{t}={GOOD_KEY.format(t)}" for t in range(args.tenants)]
+        lines += [f"{HEAVY_ENV}={HEAVY_KEY}", f"{BAD_ENV}={BAD_KEY}"]
+        key_file.write_text("\n".join(lines) + "\n")
+        log_path = Path(tmp) / "serve.log"
+        command = [
+            sys.executable,
+            "-m",
+            "leasekit.cli",
+            "serve",
+            "--port=0",
+            f"--key-file={key_file}",
+            f"--seed-work={HEAVY_ENV}:{args.heavy_queue}",
+            "--log-level=warning",
+            f"--rate={args.rate:g}",
+        ]
+        if args.store == "sqlite":
+            command.append(f"--db={Path(tmp) / 'soak.db'}")
+        with log_path.open("wb") as log:
+            server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+            try:
+                assert server.stdout is not None
+                url = re.search(r"http://([\d.]+):(\d+)", server.stdout.readline())
+                assert url is not None, "serve did not print its URL"
+                host, port = url.group(1), int(url.group(2))
+                result = asyncio.run(fleet(args, host, port, server.pid))
+            finally:
+                server.send_signal(2)
+                server.wait(30)
+        log_bytes = log_path.stat().st_size
+        log_lines = len(log_path.read_text(errors="replace").splitlines())
+
+    print(
+        f"soak, {args.store} store: {args.tenants} tenants x {args.keepers} keepers every "
+        f"{args.interval:g} s; {args.rounds} rounds of {args.quiet_seconds:g} s quiet, then "
+        f"{args.hostile_seconds:g} s of {args.hostile} ({args.idle_sockets} idle sockets, heavy "
+        "tenant with "
+        f"{args.heavy_queue} queued); server --rate {args.rate:g}; {os.cpu_count()} cores, shared"
+    )
+    quiet = quantiles(result["latencies"]["quiet"])
+    loud = quantiles(result["latencies"]["hostile"])
+    print(f"{'phase':<10}{'heartbeats':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, (p50, p99) in (("quiet", quiet), ("hostile", loud)):
+        print(f"{name:<10}{len(result['latencies'][name]):>12}{p50:>10.2f}{p99:>10.2f}")
+    ratio = loud[1] / quiet[1]
+    verdict = "ok" if ratio <= 2 else "MISSED"
+    print(f"hostile p99 / quiet p99: {ratio:.2f}x  (goal <= 2x: {verdict})")
+    memory = result["memory"]
+    print("server RSS MiB: " + ", ".join(f"{k} {v:.1f}" for k, v in memory.items()))
+    print(
+        "CPU, s per s: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["cpu"].items())
+        + " (the server in quiet and in hostile windows; the hostile client in its windows)"
+    )
+    for who in ("keepers", "hostile"):
+        tally = dict(sorted(result[who].items()))
+        print(f"{who} answers: {tally}")
+    print(f"server log: {log_lines} lines, {log_bytes} bytes")
+    bad = result["keepers"].get("5xx", 0) + result["hostile"].get("5xx", 0)
+    bad += result["keepers"].get("no envelope", 0) + result["hostile"].get("no envelope", 0)
+    non_200_keepers = sum(v for k, v in result["keepers"].items() if k != "2xx")
+    if bad or non_200_keepers:
+        print(f"FAILED: {bad} 5xx or envelope-less answers, {non_200_keepers} keeper failures")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
