@@ -113,3 +113,21 @@ def test_replay_notebook_records_replays_and_reads_the_sdk_export() -> None:
     assert "false_losses_per_lease_hour" in out
     assert out.rstrip().endswith("server stopped")
     assert _images(name) >= 4  # recorded timeline, zoom, what-if, the SDK's timeline
+
+
+def test_the_sdk_sample_holds_the_story_notebook_03_tells() -> None:
+    """notebooks/data: three official workers, one fault each on their third heartbeat."""
+    from leasekit.replay import load_any_trace, what_if_ttl
+
+    attempts = load_any_trace(NOTEBOOKS_DIR / "data" / "sdk_heartbeats.otlp.jsonl")
+    outcomes = {
+        worker: list(rows.sort_values("sent_s")["outcome"].astype(str))
+        for worker, rows in attempts.groupby("worker", observed=True)
+    }
+    assert sorted(outcomes) == ["sdk-worker-1", "sdk-worker-2", "sdk-worker-3"]
+    for lost in ("sdk-worker-1", "sdk-worker-2"):  # a lost answer, a lost request: then a 412
+        assert outcomes[lost] == ["ok", "ok", "timeout", "precondition_failed"]
+    assert set(outcomes["sdk-worker-3"]) == {"ok"}  # the 500 was retried inside the attempt
+    rates = what_if_ttl(attempts, [90, 150]).set_index("ttl_seconds")
+    rate = "false_losses_per_lease_hour"
+    assert rates.loc[90, rate] > 0 and rates.loc[150, rate] == 0  # a longer TTL would have held
