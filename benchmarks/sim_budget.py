@@ -1,7 +1,9 @@
 """Where a simulated heartbeat's time goes: its pieces timed alone, in microseconds.
 
 Each line runs one piece of the bench scenario's heartbeat path (SdkPolicy,
-TTL 10 s, a renewal of an active lease) in a loop, best of three. Compare
+TTL 10 s, a renewal of an active lease) in a loop, best of three. A
+simulated heartbeat is two SimPy timeouts with a callback (its processing
+at the server, its answer at the worker). Compare
 the sum with ``benchmarks/bench_sim.py``'s figure for the whole. Run:
 ``.venv/bin/python benchmarks/sim_budget.py``.
 """
@@ -17,7 +19,8 @@ import simpy
 from leasekit.lease import LeaseBook, LeaseConfig
 from leasekit.policy import Outcome, Result, SdkPolicy, Send
 from leasekit.protocol import NO_HEARTBEAT, HeartbeatAnswer, WorkState, format_timestamp
-from leasekit.sim._engine import EPOCH_US, Attempt, _Worker
+from leasekit.sim import Scenario, Workers
+from leasekit.sim._engine import EPOCH_US, Attempt, Engine
 
 N = 200_000
 
@@ -58,7 +61,7 @@ def policy_cycle(n: int) -> None:
         at = policy.due(send)
         action = policy.sending(send, at)
         assert isinstance(action, Send)
-        send = policy.observe(Result(Outcome.OK, at, at + 0.1, answer, None, 200))  # type: ignore[assignment]
+        send = policy.observe(Result(Outcome.OK, at, at + 0.1, answer, None, 200))
 
 
 def results(n: int) -> None:
@@ -73,9 +76,21 @@ def answers(n: int) -> None:
 
 
 def attempts(n: int) -> None:
-    worker = _Worker(0)
+    worker = Engine(Scenario(workers=Workers(count=1)), 1).workers[0]
     for _ in range(n):
-        Attempt(worker, "heartbeat", 1.0, 5.0, 3, "x", None)
+        Attempt(worker, "heartbeat", 1.0, 5.0, "work_1", 3, "x", None)
+
+
+def timeout_callbacks(n: int) -> None:
+    env = simpy.Environment()
+    step = 5.0 / 1000
+
+    def again(event: simpy.Event) -> None:
+        env.timeout(5.0).callbacks.append(again)
+
+    for i in range(1000):
+        env.timeout(i * step).callbacks.append(again)
+    env.run(until=n / 1000 * 5)
 
 
 def bare_simpy(n: int) -> None:
@@ -97,6 +112,7 @@ def main() -> None:
     timed("SdkPolicy: due, sending, Result(...), observe", policy_cycle)
     timed("  of which Result(...)", results)
     timed("engine: Attempt(...)", attempts)
+    timed("engine: one timeout with a callback (x2 a heartbeat)", timeout_callbacks)
     timed("bare SimPy: one timeout of a process (baseline)", bare_simpy)
 
 

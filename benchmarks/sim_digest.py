@@ -1,10 +1,15 @@
-"""Determinism check for simulator speed work: digests of whole runs.
+"""Determinism check for simulator work: digests of whole runs.
 
 Runs a few scenarios with ``seed=1`` and prints, per scenario, a SHA-256 of
-the run's event log (attempt rows and other rows, in the order the monitor
-recorded them, floats by ``repr``), its metrics and ``heartbeats_sent``. A
-change that only makes the simulator faster must leave every digest as it
-was. Run: ``.venv/bin/python benchmarks/sim_digest.py [--save FILE | --check FILE]``.
+the run's event log (rows in the order the monitor recorded them, floats by
+``repr``), its metrics and ``heartbeats_sent``. A change that only makes the
+simulator faster must leave every digest as it was.
+
+The digests of the current simulator are committed in
+``benchmarks/sim_digest.baseline.json`` (with, under ``"why"``, the reason
+for each change of results), so anyone can check a "same event log" claim:
+``.venv/bin/python benchmarks/sim_digest.py --check
+benchmarks/sim_digest.baseline.json``. Also ``--save FILE``.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def scenarios() -> dict[str, Scenario]:
 
 def digest(scenario: Scenario) -> str:
     """SHA-256 of one run's event log, metrics and heartbeat count (seed 1)."""
-    result = simulate(scenario, seed=1)
+    result = simulate(scenario, seed=1, events=True)
     sha = hashlib.sha256()
     for row in result.rows:
         sha.update(repr(row).encode())
@@ -67,9 +72,12 @@ def main() -> int:
         found[name] = digest(scenario)
         print(f"{name:20s} {found[name]}  ({time.perf_counter() - started:.1f} s)", flush=True)
     if args.save:
-        args.save.write_text(json.dumps(found, indent=1) + "\n")
+        saved = json.loads(args.save.read_text()) if args.save.exists() else {}
+        saved["digests"] = found
+        saved.setdefault("why", [])
+        args.save.write_text(json.dumps(saved, indent=1) + "\n")
     if args.check:
-        expected = json.loads(args.check.read_text())
+        expected = json.loads(args.check.read_text())["digests"]
         bad = [name for name in expected if expected[name] != found.get(name)]
         print("digests differ: " + ", ".join(bad) if bad else "digests identical")
         return 1 if bad else 0

@@ -1,8 +1,9 @@
 """A worker loop like the official SDK's: poll, ack, keep the lease, serve, stop.
 
-The loop's timings are the official poller's (PROTOCOL.md part A): long poll
-with ``block_ms=999``, a uniform 1-3 s wait after an empty poll, and
-``min(60, 2**attempt) + uniform(0, 1)`` seconds after a failed poll or ack.
+The loop's decisions (waits after an empty or failed poll, what a failed ack
+does, polling again after a lease ends) are :class:`leasekit.loop.WorkerLoop`'s,
+the same object the simulator drives; this module only does the I/O. Polls
+are long polls with ``block_ms=999``, as the official poller's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 
 from ._http import LeaseClient, StatusError, default_worker_id
 from ._keeper import Lease, LeaseNotClaimed, keep_lease
+from .loop import Abandon, Ack, Fail, Hold, LoopAction, Poll, WorkerLoop
 from .policy import HeartbeatPolicy, LeasekitPolicy, Outcome
 from .protocol import WorkItem
 from .trace import TraceWriter
@@ -27,7 +29,6 @@ log = logging.getLogger("leasekit.worker")
 
 POLL_BLOCK_MS = 999
 """The official poller's long-poll wait, milliseconds."""
-_BACKOFF_CAP_S = 60.0
 
 Handler = Callable[[WorkItem, Lease], Awaitable[object]]
 
@@ -49,12 +50,17 @@ class WorkerStats:
         return self.served + self.failed + self.lost
 
 
-def _backoff_s(attempt: int, rng: random.Random) -> float:
-    return min(_BACKOFF_CAP_S, 2.0**attempt) + rng.uniform(0.0, 1.0)
+def _outcome(error: Exception) -> Outcome:
+    """How a failed poll or ack ended, for :class:`~leasekit.loop.WorkerLoop`."""
+    if isinstance(error, StatusError):
+        return error.outcome
+    return Outcome.TRANSIENT  # a connection error, or an answer we could not read
 
 
-def _fatal(error: Exception) -> bool:
-    return isinstance(error, StatusError) and error.outcome is Outcome.REJECTED
+async def _sleep_until(at: float) -> None:
+    delay = at - anyio.current_time()
+    if delay > 0:
+        await anyio.sleep(delay)
 
 
 async def _stop_quietly(client: LeaseClient, environment_id: str, work_id: str) -> None:
@@ -95,35 +101,46 @@ async def run_worker(
     rng = rng or random.Random()
     worker_id = worker_id or default_worker_id()
     stats = WorkerStats()
-    poll_attempt = ack_attempt = 0
+    loop = WorkerLoop(rng)
+    action: LoopAction = loop.start(anyio.current_time())
+    polled: WorkItem | None = None  # the item being acked or served
     while max_items is None or stats.items < max_items:
-        try:
+        if isinstance(action, Poll):
+            await _sleep_until(action.at)
             stats.polls += 1
-            item = await client.poll(environment_id, worker_id=worker_id, block_ms=POLL_BLOCK_MS)
-        except (StatusError, httpx.TransportError, ValueError) as error:
-            if _fatal(error):
-                raise
-            stats.poll_errors += 1
-            poll_attempt += 1
-            log.warning("poll failed (attempt %d): %s", poll_attempt, error)
-            await anyio.sleep(_backoff_s(poll_attempt, rng))
-            continue
-        poll_attempt = 0
-        if item is None:
-            await anyio.sleep(rng.uniform(1.0, 3.0))
-            continue
-        try:
-            await client.ack(environment_id, item.id)
-        except (StatusError, httpx.TransportError) as error:
-            if _fatal(error):
-                log.error("ack of work %s failed for good, stopping it: %s", item.id, error)
-                await _stop_quietly(client, environment_id, item.id)
+            try:
+                item = await client.poll(
+                    environment_id, worker_id=worker_id, block_ms=POLL_BLOCK_MS
+                )
+            except (StatusError, httpx.TransportError, ValueError) as error:
+                stats.poll_errors += 1
+                action = loop.polled(anyio.current_time(), _outcome(error))
+                if isinstance(action, Fail):
+                    raise
+                log.warning("poll failed (%d in a row): %s", loop.poll_failures, error)
                 continue
-            ack_attempt += 1
-            await anyio.sleep(_backoff_s(ack_attempt, rng))
-            continue
-        ack_attempt = 0
-        await _serve(client, environment_id, item, handler, policy(), worker_id, trace, stats)
+            polled = item
+            action = loop.polled(anyio.current_time(), Outcome.OK, item.id if item else None)
+        elif isinstance(action, Ack):
+            try:
+                await client.ack(environment_id, action.work_id)
+            except (StatusError, httpx.TransportError) as error:
+                log.warning("ack of work %s failed: %s", action.work_id, error)
+                action = loop.acked(anyio.current_time(), _outcome(error))
+                continue
+            action = loop.acked(anyio.current_time(), Outcome.OK)
+        elif isinstance(action, Hold):
+            assert polled is not None and polled.id == action.work_id
+            await _serve(client, environment_id, polled, handler, policy(), worker_id, trace, stats)
+            polled = None
+            action = loop.released(anyio.current_time())
+        elif isinstance(action, Abandon):
+            log.error("ack of work %s failed for good, stopping it", action.work_id)
+            polled = None
+            await _stop_quietly(client, environment_id, action.work_id)
+            action = loop.abandoned(anyio.current_time())
+        else:  # pragma: no cover - Fail is raised where the poll failed
+            raise AssertionError(action)
     return stats
 
 

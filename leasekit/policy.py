@@ -532,7 +532,11 @@ class LeasekitPolicy(HeartbeatPolicy):
       acknowledged is handed out again to another poller after
       ``reclaim_older_than_ms``, so two workers can hold the same work id,
       and between our ack and our claim (the ack-then-claim window) the
-      other's claim is accepted as readily as ours; (3) before the first
+      other's claim is accepted as readily as ours; (3) a worker that
+      acknowledged the item in an earlier round and paused past that
+      acknowledgement's TTL (the item went back to ``queued``, and we polled
+      and acknowledged it) sends its claim into our window when it wakes,
+      well-behaved as it is; (4) before the first
       answer the client knows no lower bound on the granted TTL but the
       protocol's 1 s, so after an ambiguous claim that was not applied the
       acknowledged item may have gone back to ``queued`` and been claimed

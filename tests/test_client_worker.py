@@ -173,3 +173,30 @@ def test_the_client_works_in_jupyter_with_top_level_await(tmp_path: Path) -> Non
     )
     assert "ended: None heartbeats:" in out  # held to the end
     assert "refused: hold_lease_sync() cannot run inside a running asyncio event loop" in out
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_worker_follows_the_loop_rules_after_a_failed_poll(anyio_backend: str) -> None:
+    # The failed poll goes through leasekit.loop.WorkerLoop (the rules the
+    # simulator drives too): counted, backed off, polled again, item served.
+    from leasekit.lease import LeaseConfig
+    from leasekit.server import FaultConfig, create_app, running_server
+
+    app = create_app(
+        keys={ENV: KEY},
+        config=LeaseConfig(default_ttl_seconds=2, min_ttl_seconds=1),
+        faults=FaultConfig(all_calls=True),
+        seed_work={ENV: 1},
+    )
+    app.state.faults.queue("error")  # the next call, the worker's first poll, fails
+    with running_server(app) as url:
+
+        async def handler(item: WorkItem, lease: Lease) -> None:
+            assert lease.held
+
+        async with LeaseClient(url, KEY) as client:
+            stats = await run_worker(
+                client, ENV, handler, policy=SdkPolicy, rng=random.Random(3), max_items=1
+            )
+    assert (stats.polls, stats.poll_errors, stats.served) == (2, 1, 1)

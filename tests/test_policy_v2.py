@@ -197,6 +197,35 @@ def test_a_412_to_a_claim_is_not_adopted_because_another_poller_may_have_claimed
     assert policy.held is False and policy.last_heartbeat == NO_HEARTBEAT
 
 
+def test_a_412_to_a_claim_may_come_from_a_paused_worker_that_acked_in_an_earlier_round() -> None:
+    """The unsafe side again, with well-behaved workers only: a worker acked the
+    item, paused past the acknowledgement's TTL (the item went back to the
+    queue), and its claim arrives while ours, sent after our own poll and ack,
+    is lost on the way. Only the 412's stored value is visible to us."""
+    book, work_id = _book()
+    assert book.poll(ENV, _at(0.0), worker_id="paused") is not None
+    book.ack(ENV, work_id, _at(0.0))  # then the paused worker stops for a while
+    assert book.record(ENV, work_id, _at(TTL + 0.5)).state is WorkState.QUEUED
+    assert book.poll(ENV, _at(TTL + 1.0), worker_id="ours") is not None
+    book.ack(ENV, work_id, _at(TTL + 1.0))
+    policy = v2()
+    claim = policy.start(TTL + 1.0)
+    assert isinstance(claim, Send)
+    woken = book.heartbeat(ENV, work_id, _at(TTL + 1.1), NO_HEARTBEAT, None)  # it wakes up
+    retry = policy.observe(Result(Outcome.TIMEOUT, claim.at, claim.at + claim.timeout_s))
+    assert isinstance(retry, Send)
+    with pytest.raises(PreconditionFailed) as refused:
+        book.heartbeat(ENV, work_id, _at(retry.at), NO_HEARTBEAT, None)
+    state = refused.value.current_state
+    assert state.state is WorkState.ACTIVE and state.last_heartbeat == woken.last_heartbeat
+    end = policy.observe(
+        Result(Outcome.PRECONDITION_FAILED, retry.at, retry.at + 0.002, current_state=state)
+    )
+    assert not isinstance(end, Send) and end.reason is EndReason.LOST
+    # the paused worker really holds it: its renewal with its value succeeds
+    assert book.heartbeat(ENV, work_id, _at(retry.at + 0.01), woken.last_heartbeat, None)
+
+
 def test_a_claim_whose_answer_was_lost_costs_the_item_one_ttl_then_it_returns() -> None:
     """The cost side: the claim was applied, its answer lost; the retry's 412 ends
     the lease as lost, the item is held by nobody until its TTL runs out, then

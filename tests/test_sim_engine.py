@@ -38,7 +38,7 @@ def one_worker(policy: str, ttl: int, *faults: Fault, duration_s: float = 600) -
 
 
 def lease_ends(scenario: Scenario) -> pd.DataFrame:
-    events = simulate(scenario).events
+    events = simulate(scenario, events=True).events
     return events[(events.event == "lease_end") & (events.detail != "running")]
 
 
@@ -47,7 +47,7 @@ LOST_ANSWER = Fault(worker=0, after_s=100, direction="answer")
 
 
 def test_the_fault_really_drops_one_heartbeat() -> None:
-    events = simulate(one_worker("sdk", 150, LOST_REQUEST)).events
+    events = simulate(one_worker("sdk", 150, LOST_REQUEST), events=True).events
     beats = events[events.event == "heartbeat"]
     assert (beats.detail == "request").sum() == 1
     assert (beats.outcome == "timeout").sum() == 1
@@ -79,7 +79,7 @@ def test_leasekit_policy_survives_one_lost_answer_or_request(ttl: int) -> None:
     for fault in (LOST_ANSWER, LOST_REQUEST):
         scenario = one_worker("leasekit", ttl, fault)
         assert lease_ends(scenario).empty, (ttl, fault)
-        events = simulate(scenario).events
+        events = simulate(scenario, events=True).events
         beats = events[events.event == "heartbeat"]
         assert (beats.detail == fault.direction).sum() == 1
         if fault is LOST_ANSWER:  # the 412 it met was adopted, not taken as a loss
@@ -145,7 +145,7 @@ def test_a_crashed_holders_item_is_taken_over_within_ttl_plus_the_poll_delay() -
             answer=Direction(delay=f"uniform:0.01,{max_delay_s}"),
         ),
     )
-    result = simulate(scenario)
+    result = simulate(scenario, events=True)
     metrics = result.metrics
     assert metrics["takeovers"] >= 5
     assert metrics["takeovers_censored"] == 0
@@ -161,10 +161,10 @@ def test_a_crashed_holders_item_is_taken_over_within_ttl_plus_the_poll_delay() -
 
 def test_same_seed_same_event_log_and_different_seeds_differ() -> None:
     scenario = hostile("sdk", 3)
-    first = simulate(scenario).events
-    again = simulate(scenario).events
+    first = simulate(scenario, events=True).events
+    again = simulate(scenario, events=True).events
     pd.testing.assert_frame_equal(first, again)
-    other = simulate(scenario, seed=4).events
+    other = simulate(scenario, seed=4, events=True).events
     assert not first.equals(other)
     assert len(first) > 1000
 
@@ -209,7 +209,7 @@ class EveryThirdHeartbeatLost:
 
 def test_a_network_model_plugs_in_without_touching_the_engine() -> None:
     scenario = one_worker("fixed:interval=10", 25, duration_s=300)
-    events = simulate(scenario, network=EveryThirdHeartbeatLost).events
+    events = simulate(scenario, network=EveryThirdHeartbeatLost, events=True).events
     beats = events[events.event == "heartbeat"]
     lost = beats[beats.detail == "request"]
     assert len(beats) >= 29 and len(lost) == len(beats) // 3
@@ -234,7 +234,7 @@ def test_an_overloaded_server_answers_529_and_the_sdk_retries_inside_the_attempt
             queue_limit=3,
         ),
     )
-    events = simulate(scenario).events
+    events = simulate(scenario, events=True).events
     beats = events[events.event == "heartbeat"]
     overloaded = beats[beats.status == 529]
     assert len(overloaded) > 50
@@ -288,7 +288,7 @@ def test_a_pause_longer_than_the_ttl_expires_the_lease_and_timers_fire_late() ->
         ),
         server=Server(default_ttl_seconds=60, min_ttl_seconds=60, max_ttl_seconds=60),
     )
-    events = simulate(scenario).events
+    events = simulate(scenario, events=True).events
     beats = events[events.event == "heartbeat"]
     assert not ((beats.sent_s > 100) & (beats.sent_s < 170)).any()  # nothing sent while paused
     assert ((beats.sent_s - 170).abs() < 1e-3).any()  # the due beat goes out when it resumes

@@ -1,32 +1,34 @@
-"""A SimPy simulator of a lease server and its workers.
+"""A SimPy simulator of a lease server and its workers (``docs/simulator.md``).
 
 The simulated server is :class:`leasekit.lease.LeaseBook` on simulated time
-(``now_us = epoch + round(env.now * 1e6)``); simulated workers run the
-policies of :mod:`leasekit.policy` on ``env.now``. Nothing of either is
-re-implemented here, so what a simulation says holds for the real client.
+(``now_us = epoch + round(env.now * 1e6)``); simulated workers run
+:class:`leasekit.loop.WorkerLoop` between leases and the policies of
+:mod:`leasekit.policy` while they hold one, on ``env.now``. Nothing of
+either is re-implemented here, so what a simulation says holds for the real
+client.
 
 * :class:`Scenario` (and its parts) describes a run; :func:`load_scenario`
   reads one from TOML (see ``simulations/*.toml``).
 * :func:`simulate` runs it once: a :class:`RunResult` with the run's
-  ``metrics`` and its event log (``events``, columns :data:`EVENT_COLUMNS`).
-* :func:`replicate` runs many seeds (optionally in processes) and gives
-  95% t-intervals (:meth:`Replications.estimates`).
+  ``totals`` (a :class:`leasekit.metrics.Totals`, counted as the run goes),
+  its ``metrics`` (this run's values of :func:`leasekit.metrics.summarize`)
+  and, with ``events=True``, its event log (``events``, columns
+  :data:`EVENT_COLUMNS`).
+* :func:`replicate` runs many seeds (optionally in processes).
 * :class:`NetworkModel` is the interface of the network: pass any factory
   ``(scenario, streams) -> NetworkModel`` as ``network=`` to replace the
   scenario's delays and losses (a trace-driven network, for instance).
+* ``simulate(..., setup=fn)`` hands the :class:`Engine` to ``fn`` before the
+  run, to add behaviour (a SimPy process that crashes or pauses
+  :class:`SimWorker` s) without touching the engine.
 
-Metrics (per run; rates per held lease-hour, see ``_monitor`` for the exact
-definitions): ``false_losses_per_lease_hour`` and its causes
-(``false_losses_{server_expiry,unseen_answer,give_up,rejection}_per_lease_hour``),
-``server_expiries_per_lease_hour``, ``precondition_failures_per_lease_hour``,
-``precondition_failure_rate`` (412s per heartbeat answer seen),
-``split_brain_seconds_per_lease_hour`` (a worker holds what the server
-expired), ``double_holder_seconds_per_lease_hour`` (two workers hold one
-item), ``takeover_seconds_mean``/``_max`` (crash to the next claim),
-``requests_per_lease_second`` (server load), ``lease_hours``.
+Every metric name is defined once, in :data:`leasekit.metrics.METRICS`
+(``docs/metrics.md``); the simulator's exact definitions (what counts as
+held, as a false loss of each cause, as a split-brain or double-holder
+episode) are in ``leasekit/sim/_monitor.py``'s docstring.
 """
 
-from ._engine import ENVIRONMENT_ID, EPOCH_US, Engine
+from ._engine import ENVIRONMENT_ID, EPOCH_US, Engine, SimWorker
 from ._monitor import EVENT_COLUMNS
 from ._network import NetworkFactory, NetworkModel, ScenarioNetwork, Streams
 from ._run import (
@@ -77,6 +79,7 @@ __all__ = [
     "ScenarioError",
     "ScenarioNetwork",
     "Server",
+    "SimWorker",
     "Streams",
     "Window",
     "Workers",

@@ -1,42 +1,50 @@
 """The SimPy engine: one server running :class:`~leasekit.lease.LeaseBook`,
-workers running :mod:`leasekit.policy` policies, a pluggable network.
+workers running :class:`~leasekit.loop.WorkerLoop` and the
+:mod:`leasekit.policy` policies, a pluggable network.
 
-No rule of the protocol or of a policy lives here: the server answers with
-whatever ``LeaseBook`` says at ``now_us = epoch + round(env.now * 1e6)``, and
-a worker does whatever its policy's :class:`~leasekit.policy.Send` or
-:class:`~leasekit.policy.Stop` says, reporting each attempt as a
-:class:`~leasekit.policy.Result` on ``env.now``.
+No rule of the protocol, of a policy or of the worker loop lives here: the
+server answers with whatever ``LeaseBook`` says at ``now_us = epoch +
+round(env.now * 1e6)``; a worker does whatever its ``WorkerLoop`` and its
+policy say, and tells them what happened when it happens.
 
-Written for speed:
+Each simulated worker is a :class:`SimWorker`: an explicit state machine
+with one method per event, driven by SimPy timeouts (documented SimPy API
+only: ``env.timeout``, ``event.callbacks``, ``env.process``). It reads like
+the keeper's loop: ``due`` and ``sending`` decide when the next heartbeat
+goes out (:meth:`SimWorker._heartbeat_due`), and ``observe`` runs when its
+answer or its timeout reaches the worker (:meth:`SimWorker._on_seen`). A
+heartbeat costs two SimPy events: its processing at the server and its
+answer at the worker. A generator process per worker would read much the
+same; ``docs/simulator.md`` says why this is a state machine and measures
+both.
 
-* No process per message and none per worker: each stage of a message (its
-  arrival or processing at the server, its answer or its timeout at the
-  worker) is one SimPy timeout whose callback does the work.
-* A send is not an event. Pauses and crashes are drawn before the run, so
-  when a policy asks for a send at ``at``, the engine already knows whether
-  the worker will be paused then (the send slips to the pause's end) or dead
-  (nothing is sent), and schedules the message's arrival at once.
-* Lease deadlines are checked lazily by ``LeaseBook`` itself.
-* Monitoring is a set of callbacks into :class:`~leasekit.sim._monitor.Monitor`,
-  among them the ``LeaseBook`` observer, which sees every transition
-  (lazy expiries with their real expiry time).
+A worker's events check two things before acting, so that faults need no
+knowledge of what a worker is doing: a stale event (for a generation of the
+worker that crashed since, or a timer that was replaced) is ignored, and a
+paused worker handles an event when its pause ends. Pauses and crashes can
+therefore be added while the run goes (:meth:`Engine.crash`,
+:meth:`Engine.pause`), from a SimPy process of the user's
+(``docs/simulator.md``).
+
+Lease deadlines are checked lazily by ``LeaseBook`` itself; its observer
+reports every transition to the :class:`~leasekit.sim._monitor.Monitor`
+(lazy expiries with their real expiry time).
 """
 
 from __future__ import annotations
 
 import bisect
-import gc
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Final
 
 import simpy
-from simpy.events import NORMAL
 
 from ..distributions import parse_delay
 from ..lease import Event, LeaseBook, LeaseConfig, WorkRecord
+from ..loop import Abandon, Ack, Hold, LoopAction, Poll, WorkerLoop
 from ..policy import (
     EndReason,
     HeartbeatPolicy,
@@ -59,20 +67,22 @@ from ._network import (
 )
 from ._scenario import Scenario
 
+__all__ = ["ENVIRONMENT_ID", "EPOCH_US", "Attempt", "Engine", "SimWorker"]
+
 EPOCH_US: Final = 1_800_000_000 * 1_000_000
 """Simulated time 0 on the server's clock: 2027-01-15T08:00:00Z."""
 ENVIRONMENT_ID: Final = "env_sim"
 
 _HEARTBEAT, _POLL, _ACK = "heartbeat", "poll", "ack"
-_NORMAL: Final = NORMAL
-# Enum members and module attributes read per message, as constants: on
-# Python 3.11 reading ``Event.RENEW`` goes through EnumType's attribute hook
-# (~150 ns a read), and ``math.nan`` is a module attribute lookup.
+# Enum members read per message, as constants: on Python 3.11 reading
+# ``Event.RENEW`` goes through EnumType's attribute hook (~150 ns a read).
 _TIMEOUT: Final = Outcome.TIMEOUT
+_OK: Final = Outcome.OK
 _RENEW: Final = Event.RENEW
 _NAN: Final = math.nan
 _INF: Final = math.inf
 _OUTCOME_OF: dict[int, Outcome] = {}
+_SWEEP_EVERY_S: Final = 60.0
 
 
 def _outcome(status: int) -> Outcome:
@@ -83,19 +93,14 @@ def _outcome(status: int) -> Outcome:
 
 
 class Attempt:
-    """One request and what became of it (times in simulated seconds).
-
-    It is its own SimPy event (``callbacks``, ``_ok``) for its processing at
-    the server, so a heartbeat costs one scheduled event and no allocation
-    besides this object.
-    """
+    """One request and what became of it (times in simulated seconds, ``nan``
+    for what did not happen)."""
 
     __slots__ = (
-        "_ok",
         "answer",
         "answered_s",
         "arrived_s",
-        "callbacks",
+        "callback",
         "current_state",
         "deadline_s",
         "desired",
@@ -108,19 +113,25 @@ class Attempt:
         "processed_s",
         "repolled",
         "seen_s",
+        "send",
         "sent_s",
         "status",
         "timed_out",
+        "withdrawn",
         "work_id",
         "worker",
     )
 
+    callback: Callable[[Any], None]
+    """What the worker does when it learns how the attempt ended (set by the send)."""
+
     def __init__(
         self,
-        worker: _Worker,
+        worker: SimWorker,
         kind: str,
         sent_s: float,
         timeout_s: float,
+        work_id: str = "",
         number: int = 0,
         expected: str | None = None,
         desired: int | None = None,
@@ -130,7 +141,7 @@ class Attempt:
         self.kind = kind
         self.sent_s = sent_s
         self.deadline_s = sent_s + timeout_s
-        self.work_id = worker.work_id
+        self.work_id = work_id
         self.number = number
         self.expected = expected
         self.desired = desired
@@ -145,54 +156,9 @@ class Attempt:
         self.lost = ""
         self.timed_out = False
         self.repolled = False
-        self._ok = True
-        self.callbacks: list[Callable[[Any], None]] | None = None
-
-
-class _Call:
-    """A bare SimPy event: at its time, ``callback(self)``; ``value`` rides along."""
-
-    __slots__ = ("_ok", "callbacks", "value")
-
-    def __init__(self, callback: Callable[[Any], None], value: Any) -> None:
-        self._ok = True
-        self.callbacks = [callback]
-        self.value = value
-
-
-class _Worker:
-    __slots__ = (
-        "alive",
-        "crashes_s",
-        "gen",
-        "index",
-        "lease",
-        "name",
-        "next_crash_s",
-        "pause_ends",
-        "pause_starts",
-        "policy",
-        "poll_failures",
-        "rng",
-        "tenure",
-        "work_id",
-    )
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.name = f"w{index}"
-        self.gen = 0
-        self.alive = True
-        self.policy: HeartbeatPolicy | None = None
-        self.work_id = ""
-        self.lease: WorkerLease | None = None
-        self.tenure: Tenure | None = None
-        self.poll_failures = 0
-        self.pause_starts: list[float] = []
-        self.pause_ends: list[float] = []
-        self.crashes_s: list[float] = []
-        self.next_crash_s = math.inf
-        self.rng: Any = None
+        self.withdrawn = False
+        self.send: Send | None = None
+        """The policy's action this heartbeat carries out."""
 
 
 def _poisson_times(rng: Any, rate_per_hour: float, horizon_s: float) -> list[float]:
@@ -207,8 +173,289 @@ def _poisson_times(rng: Any, rate_per_hour: float, horizon_s: float) -> list[flo
         times.append(t)
 
 
+class SimWorker:
+    """One simulated worker process: its :class:`~leasekit.loop.WorkerLoop`
+    between leases, its heartbeat policy while it holds one.
+
+    Readable by extensions: ``index``, ``name``, ``alive``, ``holding`` (the
+    work id of the lease it believes it holds, or ``None``), ``pauses``
+    (sorted, merged ``(starts, ends)`` spans).
+    """
+
+    def __init__(self, engine: Engine, index: int, rng: Any) -> None:
+        self.engine = engine
+        self.index = index
+        self.name = f"w{index}"
+        self.rng = rng
+        self.gen = 0
+        """Bumped by each crash: events of an older generation are stale."""
+        self.alive = True
+        self.loop = WorkerLoop(rng, empty_poll_wait=engine.empty_poll_wait.sample)
+        self.policy: HeartbeatPolicy | None = None
+        self.work_id = ""
+        self.lease: WorkerLease | None = None
+        self.tenure: Tenure | None = None
+        self.timer: Any = None
+        """What the one pending timer of the worker is for (a ``Poll`` or a
+        ``Send``); a timer that fires for anything else is stale."""
+        self.pauses: tuple[list[float], list[float]] = ([], [])
+        self.crashes_s: list[float] = []
+        self._seen = self._on_seen  # one bound method for every attempt
+
+    @property
+    def holding(self) -> str | None:
+        return self.work_id if self.lease is not None else None
+
+    # ------------------------------------------------------------------ events
+
+    def _paused_until(self, now: float) -> float:
+        """The end of the pause ``now`` falls in, or ``now``."""
+        starts, ends = self.pauses
+        i = bisect.bisect_right(starts, now) - 1
+        if i >= 0 and now < ends[i]:
+            return ends[i]
+        return now
+
+    def _wake_at(self, t: float, callback: Callable[[Any], None], value: Any) -> None:
+        """Call ``callback(event)`` at ``t`` (after the pause ``t`` falls in)."""
+        if self.pauses[0]:
+            t = self._paused_until(t)
+        self.engine.after(t - self.engine.env.now, callback, value)
+
+    def _held_back(self, event: Any, callback: Callable[[Any], None]) -> bool:
+        """A paused worker handles nothing: put ``event`` off until the pause ends."""
+        now = self.engine.env.now
+        until = self._paused_until(now)
+        if until > now:
+            self.engine.after(until - now, callback, event.value)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, at: float) -> None:
+        """The process starts (first start or restart) at ``at``: poll."""
+        self._act(self.loop.start(at))
+
+    def crash(self) -> None:
+        """Die now: whatever was pending is forgotten, requests in flight
+        act for nobody."""
+        if not self.alive:
+            return
+        engine = self.engine
+        now = engine.env.now
+        self._withdraw()
+        self.alive = False
+        self.gen += 1
+        self.timer = None
+        if self.lease is not None:
+            engine.monitor.lease_ended(self.lease, now, "crash")
+            self.lease = None
+        engine.monitor.crashed(self.index, now, self.tenure)
+        self.policy = None
+        self.tenure = None
+        self.work_id = ""
+
+    def restart(self) -> None:
+        """Come back as a fresh process (a new loop, no lease)."""
+        if self.alive:
+            return
+        now = self.engine.env.now
+        self.alive = True
+        self.loop = WorkerLoop(self.rng, empty_poll_wait=self.engine.empty_poll_wait.sample)
+        self.engine.monitor.restarted(self.index, now)
+        self.start(now)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _act(self, action: LoopAction) -> None:
+        """Do what the worker loop said."""
+        now = self.engine.env.now
+        if isinstance(action, Poll):
+            self.work_id = ""
+            if action.at <= now and not self.pauses[0]:
+                self.timer = None
+                self._send(Attempt(self, _POLL, now, self.engine.request_timeout_s))
+            else:
+                self.timer = action
+                self._wake_at(action.at, self._on_poll_due, action)
+        elif isinstance(action, Ack):
+            self.work_id = action.work_id
+            self._send(Attempt(self, _ACK, now, self.engine.request_timeout_s, self.work_id))
+        elif isinstance(action, Hold):
+            self._hold(now)
+        elif isinstance(action, Abandon):
+            # The simulated item stays where the server has it; poll again.
+            self._act(self.loop.abandoned(now))
+        else:  # Fail: no simulated server refuses a poll for good
+            raise RuntimeError(f"worker {self.index}: the poll was refused for good")
+
+    def _on_poll_due(self, event: Any) -> None:
+        if event.value is not self.timer or (
+            bool(self.pauses[0]) and self._held_back(event, self._on_poll_due)
+        ):
+            return
+        self.timer = None
+        self._send(Attempt(self, _POLL, self.engine.env.now, self.engine.request_timeout_s))
+
+    # ------------------------------------------------------------------ the lease
+
+    def _hold(self, now: float) -> None:
+        self.policy = policy = make_policy(self.engine.policy_spec, rng=self.rng)
+        action = policy.start(now)
+        assert isinstance(action, Send), "no policy stops before its first attempt"
+        self._heartbeat_due(action, now)
+
+    def _heartbeat_due(self, send: Send, now: float) -> None:
+        """Send the next heartbeat when the policy says: at its ``due`` time
+        (a real event loop's timers fire ``timer_slack_s`` late; a paused
+        worker's when the pause ends), after ``sending``.
+
+        The send is not a SimPy event of its own: that would be a third event
+        per heartbeat (``docs/simulator.md`` has the measurements). Nothing
+        but a fault can come between this moment and the send time (the
+        attempt before it has ended, the policy is pure), so the request is
+        put on the wire for that time now, and a fault that strikes first
+        withdraws it (:meth:`_withdraw`).
+        """
+        policy = self.policy
+        assert policy is not None
+        engine = self.engine
+        enforce = engine.enforce_deadline
+        at = policy.due(send, enforce_deadline=enforce)
+        at = (at if at > now else now) + engine.slack_s
+        if self.pauses[0]:
+            at = self._paused_until(at)
+        if at >= engine.end_s:
+            return  # after the run
+        action = policy.sending(send, at, enforce_deadline=enforce)
+        if not isinstance(action, Send):
+            self.timer = action
+            engine.timeout(at - now, action).callbacks.append(self._on_give_up)
+            return
+        attempt = Attempt(
+            self,
+            _HEARTBEAT,
+            at,
+            action.timeout_s + engine.slack_s,
+            self.work_id,
+            action.attempt,
+            None if engine.unconditional else action.expected_last_heartbeat,
+            action.desired_ttl_seconds,
+        )
+        attempt.send = send
+        self.timer = attempt
+        engine.heartbeats_sent += 1
+        engine.send(attempt, self._seen)
+
+    def _withdraw(self) -> Send | None:
+        """A fault struck now: a heartbeat scheduled for now or later was never
+        sent. Returns the policy's ``Send`` it was for, or ``None``."""
+        attempt = self.timer
+        if isinstance(attempt, Attempt) and attempt.sent_s >= self.engine.env.now:
+            attempt.withdrawn = True
+            self.engine.heartbeats_sent -= 1
+            self.timer = None
+            return attempt.send
+        return None
+
+    def paused(self, until: float) -> None:
+        """A pause until ``until`` was added from now: a heartbeat scheduled in
+        it goes out when it ends instead."""
+        attempt = self.timer
+        if isinstance(attempt, Attempt) and attempt.sent_s < until:
+            send = self._withdraw()
+            if send is not None:
+                self._heartbeat_due(send, self.engine.env.now)
+
+    def _on_give_up(self, event: Any) -> None:
+        """The local deadline came before a success: ``sending`` said stop."""
+        if event.value is not self.timer or (
+            bool(self.pauses[0]) and self._held_back(event, self._on_give_up)
+        ):
+            return
+        self.timer = None
+        self._lease_over(self.engine.env.now, EndReason.ASSUMED_LOST.value)
+
+    def _send(self, attempt: Attempt) -> None:
+        self.engine.send(attempt, self._seen)
+
+    def _on_seen(self, event: Any) -> None:
+        """An answer or a timeout reaches the worker: tell the loop or the policy."""
+        attempt: Attempt = event.value
+        if attempt.gen != self.gen or attempt.withdrawn:
+            return  # it crashed since it sent this, or never sent it
+        if self.pauses[0] and self._held_back(event, self._on_seen):
+            return
+        engine = self.engine
+        now = engine.env.now
+        attempt.seen_s = now
+        engine.monitor.attempt_seen(attempt)
+        status = attempt.status
+        kind = attempt.kind
+        if kind is _HEARTBEAT:
+            if attempt.timed_out:
+                result = Result(_TIMEOUT, attempt.sent_s, now)
+            else:
+                assert status is not None
+                result = Result(
+                    _OUTCOME_OF.get(status) or _outcome(status),
+                    attempt.sent_s,
+                    now,
+                    attempt.answer,
+                    attempt.current_state,
+                    status,
+                )
+            attempt.answer = None  # let it go with the policy's next answer
+            policy = self.policy
+            assert policy is not None
+            was_held = policy.held
+            action = policy.observe(result)
+            if isinstance(action, Send):
+                if not was_held and policy.held:
+                    self.lease = engine.monitor.lease_started(
+                        self.index, self.work_id, self.tenure, now
+                    )
+                self._heartbeat_due(action, now)
+            else:
+                self._stopped(action, was_held, now)
+            return
+        if attempt.timed_out:
+            outcome = _TIMEOUT
+        else:
+            assert status is not None
+            outcome = _OUTCOME_OF.get(status) or _outcome(status)
+        if kind is _POLL:
+            self._act(self.loop.polled(now, outcome, attempt.item))
+        else:
+            self._act(self.loop.acked(now, outcome))
+
+    def _stopped(self, action: Stop, was_held: bool, now: float) -> None:
+        if self.lease is None and (was_held or action.reason is EndReason.SHUTDOWN):
+            # Held for an instant (a shutdown on the first success).
+            self.lease = self.engine.monitor.lease_started(
+                self.index, self.work_id, self.tenure, now
+            )
+        self._lease_over(now, action.reason.value)
+
+    def _lease_over(self, now: float, reason: str) -> None:
+        """The worker stops heartbeating and tells its loop."""
+        if self.lease is not None:
+            self.engine.monitor.lease_ended(self.lease, now, reason)
+            self.lease = None
+        self.policy = None
+        self._act(self.loop.released(now))
+
+
 class Engine:
-    """One run of a scenario with one seed. Build, :meth:`run`, read ``monitor``."""
+    """One run of a scenario with one seed. Build, :meth:`run`, read ``monitor``.
+
+    For extensions (``docs/simulator.md``): ``env`` (the SimPy environment;
+    add processes to it before :meth:`run`), ``workers`` (the
+    :class:`SimWorker` list), ``book`` (the server's ``LeaseBook``),
+    :meth:`crash`, :meth:`restart`, :meth:`pause` and :meth:`after`.
+    ``events=True`` keeps the event log in the monitor.
+    """
 
     def __init__(
         self,
@@ -217,19 +464,16 @@ class Engine:
         *,
         network: NetworkFactory | None = None,
         progress: Callable[[float], None] | None = None,
+        events: bool = False,
     ) -> None:
         self.scenario = scenario
         self.seed = seed
         self.env = simpy.Environment()
-        # Attempts and bare calls are scheduled as events: SimPy only needs
-        # ``callbacks`` and ``_ok`` on them.
-        self._schedule: Callable[[Any, Any, float], None] = self.env.schedule
+        self.timeout = self.env.timeout
+        """``env.timeout``, looked up once: it is called three times per heartbeat."""
         self.streams = streams = Streams(seed)
         self.network: NetworkModel = (network or ScenarioNetwork)(scenario, streams)
-        self.monitor = Monitor(scenario)
-        # the monitor's callbacks on the hot path are bare list appends
-        self._log_attempt = self.monitor.attempts.append
-        self._log_request = self.monitor.requests_s.append
+        self.monitor = Monitor(scenario, events=events)
         self._progress = progress
         server = scenario.server
         self.book = LeaseBook(
@@ -240,9 +484,9 @@ class Engine:
         self.book.add_environment(ENVIRONMENT_ID)
         for i in range(scenario.workers.items):
             self.book.enqueue(ENVIRONMENT_ID, EPOCH_US, work_id=f"work_{i:05d}")
-        self._acting: _Worker | None = None
-        self._end_s = scenario.duration_s
-        self._heartbeats_sent = 0
+        self._acting: SimWorker | None = None
+        self.heartbeats_sent = 0
+        self.end_s = scenario.duration_s
         self._request_delay = self.network.request_delay
         self._answer_delay = self.network.answer_delay
         # A lossless constant delay takes no draw: no call per message either.
@@ -262,173 +506,190 @@ class Engine:
             and self._processing.kind == "const"
             and self._processing.params[0] == 0
         )
+        self._first_stage = self._on_process if self._direct else self._on_arrival
         self._free_at = [0.0] * server.capacity  # heap: when each server slot frees up
         self._waiting: deque[float] = deque()  # start times of queued requests, ascending
-        # SimPy reads an event's callbacks and never changes the list: share them
-        self._process_stage: list[Callable[[Any], None]] = [self._on_process]
-        self._first_stage: list[Callable[[Any], None]] = [
-            self._on_process if self._direct else self._on_arrival
-        ]
         # workers
-        workers_config = scenario.workers
-        self._policy_spec = workers_config.policy
-        self._poll_wait = parse_delay(workers_config.empty_poll_wait)
-        self._request_timeout_s = workers_config.request_timeout_s
-        self._slack_s = workers_config.timer_slack_s
-        self._enforce_deadline = workers_config.enforce_deadline
-        restart = workers_config.crashes.restart_after
+        config = scenario.workers
+        self.policy_spec = config.policy
+        self.empty_poll_wait = parse_delay(config.empty_poll_wait)
+        self.request_timeout_s = config.request_timeout_s
+        self.slack_s = config.timer_slack_s
+        self.enforce_deadline = config.enforce_deadline
+        self.unconditional = config.unconditional
+        restart = config.crashes.restart_after
         self._restart_after = parse_delay(restart) if restart is not None else None
-        pauses = windows_by_worker(workers_config.pauses.schedule, workers_config.count)
-        pause_duration = parse_delay(workers_config.pauses.duration)
+        self._restart_rng = streams.rng("restarts")
+        pauses = windows_by_worker(config.pauses.schedule, config.count)
+        pause_duration = parse_delay(config.pauses.duration)
         horizon = scenario.duration_s
-        self.workers: list[_Worker] = []
-        for i in range(workers_config.count):
-            worker = _Worker(i)
-            worker.rng = streams.rng(f"worker.{i}")
+        self.workers: list[SimWorker] = []
+        for i in range(config.count):
+            worker = SimWorker(self, i, streams.rng(f"worker.{i}"))
             spans = list(zip(*pauses[i], strict=True))
             pause_rng = streams.rng(f"pauses.{i}")
-            for start in _poisson_times(pause_rng, workers_config.pauses.rate_per_hour, horizon):
+            for start in _poisson_times(pause_rng, config.pauses.rate_per_hour, horizon):
                 spans.append((start, start + pause_duration.sample(pause_rng)))
-            if spans:
-                worker.pause_starts, worker.pause_ends = merge_spans(spans)
+            worker.pauses = merge_spans(spans)
             crash_rng = streams.rng(f"crashes.{i}")
-            crashes = _poisson_times(crash_rng, workers_config.crashes.rate_per_hour, horizon)
-            for moment in workers_config.crashes.schedule:
+            crashes = _poisson_times(crash_rng, config.crashes.rate_per_hour, horizon)
+            for moment in config.crashes.schedule:
                 if not moment.workers or i in moment.workers:
                     crashes.append(moment.at_s)
             worker.crashes_s = sorted(t for t in crashes if t < horizon)
-            worker.next_crash_s = worker.crashes_s[0] if worker.crashes_s else math.inf
             self.workers.append(worker)
-            self.monitor.pauses.append((worker.pause_starts, worker.pause_ends))
-        self._restart_rng = streams.rng("restarts")
+            self.monitor.pauses.append(worker.pauses)
         start_rng = streams.rng("starts")
         for worker in self.workers:
-            self._at(start_rng.uniform(0, workers_config.start_spread_s), self._on_start, worker)
+            first = Poll(start_rng.uniform(0, config.start_spread_s))
+            worker.timer = first
+            worker._wake_at(first.at, worker._on_poll_due, first)
             for t in worker.crashes_s:
-                self._at(t, self._on_crash, worker)
+                self.after(t, self._on_crash, worker)
 
     # ------------------------------------------------------------------ plumbing
 
-    def _at(self, t: float, callback: Callable[[Any], None], value: Any) -> None:
-        """Call ``callback(event)`` at simulated time ``t``; ``event.value`` is ``value``."""
-        delay = t - self.env._now
-        self._schedule(_Call(callback, value), _NORMAL, delay if delay > 0 else 0.0)
-
-    @staticmethod
-    def _resume(worker: _Worker, t: float) -> float:
-        """``t``, or the end of the pause ``t`` falls in: a paused worker's timers fire late."""
-        starts = worker.pause_starts
-        if not starts:
-            return t
-        i = bisect.bisect_right(starts, t) - 1
-        if i >= 0 and t < worker.pause_ends[i]:
-            return worker.pause_ends[i]
-        return t
+    def after(self, delay: float, callback: Callable[[Any], None], value: Any = None) -> None:
+        """Call ``callback(event)`` ``delay`` simulated seconds from now
+        (``event.value`` is ``value``): one SimPy timeout."""
+        self.timeout(delay if delay > 0 else 0.0, value).callbacks.append(callback)
 
     def run(self) -> Monitor:
-        """Run to ``duration_s``, settle every lease, and return the monitor."""
+        """Run to ``duration_s``, settle every lease, and return the monitor
+        (its ``totals`` complete)."""
         duration = self.scenario.duration_s
-        progress = self._progress
-        if progress is not None:
-            for k in range(1, 100):
-                self._at(k * duration / 100, lambda call: progress(call.value), k / 100)
-        # The run allocates an object per message and keeps it for the log;
-        # the cyclic collector would walk them all again and again for no
-        # garbage (the engine makes no short-lived cycles).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            self.env.run(until=duration)
-        finally:
-            if collecting:
-                if gc.get_freeze_count() == 0:
-                    # What the run made lives as long as the monitor: hand it to
-                    # the oldest generation at once (freeze, then unfreeze into
-                    # it) rather than have the next collections walk it all as
-                    # young objects, twice (~0.3 s for a million heartbeats).
-                    gc.freeze()
-                    gc.unfreeze()
-                gc.enable()
+        if self._progress is not None:
+            self.env.process(self._report_progress(self._progress, duration))
+        self.env.process(self._sweep())
+        self.env.run(until=duration)
         end_us = EPOCH_US + round(duration * 1e6)
         # Lazy expiries that are due but untouched happen now, at their real times.
+        self._acting = None
         for record in list(self.book.records(ENVIRONMENT_ID)):
             self.book.record(ENVIRONMENT_ID, record.work_id, end_us)
         for worker in self.workers:
             if worker.lease is not None:
                 self.monitor.lease_ended(worker.lease, duration, "running")
                 worker.lease = None
-        self.monitor.heartbeats_sent = self._heartbeats_sent
-        if progress is not None:
-            progress(1.0)
+        self.monitor.finish(self.heartbeats_sent)
+        if self._progress is not None:
+            self._progress(1.0)
         return self.monitor
 
-    # ------------------------------------------------------------------ requests
+    def _sweep(self) -> Generator[simpy.Event, None, None]:
+        """Let the server apply due expiries every minute, as a poll would.
 
-    def _send(self, attempt: Attempt) -> None:
-        """Put a request on the wire at ``attempt.sent_s`` (now or later)."""
-        worker = attempt.worker
-        sent_s = attempt.sent_s
-        if sent_s >= worker.next_crash_s or sent_s >= self._end_s:
-            return  # dead by then (its crash event takes over), or after the run
-        if attempt.kind is _HEARTBEAT:
-            self._heartbeats_sent += 1
+        ``LeaseBook`` files a deadline per renewal and drops the stale ones
+        when it applies due expiries (on a poll, a list or a stats call);
+        with no spare worker polling, nothing would, and memory would grow
+        with every heartbeat. Expiries are reported at their real times
+        whenever they are applied, so this changes no count.
+        """
+        while True:
+            yield self.env.timeout(_SWEEP_EVERY_S)
+            self._acting = None
+            self.book.stats(ENVIRONMENT_ID, EPOCH_US + round(self.env.now * 1e6))
+
+    def _report_progress(
+        self, progress: Callable[[float], None], duration: float
+    ) -> Generator[simpy.Event, None, None]:
+        for k in range(1, 100):
+            yield self.env.timeout(duration / 100)
+            progress(k / 100)
+
+    # ------------------------------------------------------------------ faults
+
+    def crash(self, worker: int) -> None:
+        """Crash worker ``worker`` now (restarted after the scenario's
+        ``crashes.restart_after``, if set)."""
+        self._on_crash_now(self.workers[worker])
+
+    def restart(self, worker: int) -> None:
+        """Restart worker ``worker`` now if it is down."""
+        self.workers[worker].restart()
+
+    def pause(self, worker: int, duration_s: float) -> None:
+        """Pause worker ``worker`` from now for ``duration_s``: it handles
+        nothing (timers, answers) until the pause ends."""
+        if duration_s <= 0:
+            raise ValueError(f"pause duration must be > 0, got {duration_s}")
+        target = self.workers[worker]
+        now = self.env.now
+        spans = [*zip(*target.pauses, strict=True), (now, now + duration_s)]
+        starts, ends = merge_spans(spans)
+        # in place: the monitor holds these very lists
+        target.pauses[0][:] = starts
+        target.pauses[1][:] = ends
+        self.monitor.paused(worker, now, duration_s)
+        target.paused(now + duration_s)
+
+    def _on_crash(self, event: Any) -> None:
+        self._on_crash_now(event.value)
+
+    def _on_crash_now(self, worker: SimWorker) -> None:
+        if not worker.alive:
+            return
+        worker.crash()
+        if self._restart_after is not None:
+            delay = self._restart_after.sample(self._restart_rng)
+            self.after(delay, self._on_restart, (worker, worker.gen))
+
+    def _on_restart(self, event: Any) -> None:
+        worker, gen = event.value
+        if worker.gen == gen:  # not restarted by hand meanwhile
+            worker.restart()
+
+    # ------------------------------------------------------------------ network
+
+    def send(self, attempt: Attempt, seen: Callable[[Any], None]) -> None:
+        """Put a request on the wire at ``attempt.sent_s`` (now or later);
+        ``seen(event)`` gets the attempt (``event.value``) when its answer or
+        its timeout reaches the worker."""
+        attempt.callback = seen
+        now = self.env.now
         delay = self._fixed_request
         if delay is None:
-            delay = self._request_delay(worker.index, attempt.kind, sent_s)
+            delay = self._request_delay(attempt.worker.index, attempt.kind, attempt.sent_s)
             if delay is None:
                 attempt.lost = "request"
                 attempt.timed_out = True
-                self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
+                self.timeout(attempt.deadline_s - now, attempt).callbacks.append(seen)
                 return
-        arrived_s = attempt.arrived_s = sent_s + delay
+        arrived_s = attempt.arrived_s = attempt.sent_s + delay
         if arrived_s >= attempt.deadline_s:
             # The worker gives up first; the request still reaches the server.
             attempt.timed_out = True
-            self._at(self._resume(worker, attempt.deadline_s), self._on_timeout, attempt)
-        attempt.callbacks = self._first_stage
-        delay = arrived_s - self.env._now
-        self._schedule(attempt, _NORMAL, delay if delay > 0 else 0.0)
+            self.timeout(attempt.deadline_s - now, attempt).callbacks.append(seen)
+        self.timeout(arrived_s - now, attempt).callbacks.append(self._first_stage)
 
-    def _send_heartbeat(self, worker: _Worker, send: Send, now: float) -> None:
-        slack = self._slack_s
-        policy = worker.policy
-        assert policy is not None
-        enforce = self._enforce_deadline
-        # When the worker really sends: at the policy's due time (the local
-        # deadline at the latest), its timers ``slack`` late, after any pause.
-        at = policy.due(send, enforce_deadline=enforce)
-        if at < now:
-            at = now
-        at += slack
-        if worker.pause_starts:
-            at = self._resume(worker, at)
-        if at >= worker.next_crash_s or at >= self._end_s:
-            return  # dead by then (its crash event takes over), or after the run
-        action = policy.sending(send, at, enforce_deadline=enforce)
-        if action.__class__ is not Send:
-            self._end_lease(worker, at, EndReason.ASSUMED_LOST.value)
+    def _answer(self, attempt: Attempt) -> None:
+        """The server sends the answer back."""
+        if attempt.timed_out:
+            return  # the worker stopped waiting; its timeout is scheduled
+        now = self.env.now
+        delay = self._fixed_answer
+        if delay is None:
+            delay = self._answer_delay(attempt.worker.index, attempt.kind, now)
+            if delay is None:
+                attempt.lost = "answer"
+                attempt.timed_out = True
+                self.after(attempt.deadline_s - now, attempt.callback, attempt)
+                return
+        answered_s = attempt.answered_s = now + delay
+        if answered_s >= attempt.deadline_s:
+            attempt.timed_out = True
+            self.after(attempt.deadline_s - now, attempt.callback, attempt)
             return
-        send = action
-        attempt = Attempt(
-            worker,
-            _HEARTBEAT,
-            at,
-            send.timeout_s + slack,
-            send.attempt,
-            send.expected_last_heartbeat,
-            send.desired_ttl_seconds,
-        )
-        self._send(attempt)
-
-    def _poll(self, worker: _Worker, at: float) -> None:
-        worker.work_id = ""
-        self._send(Attempt(worker, _POLL, self._resume(worker, at), self._request_timeout_s))
+        self.timeout(delay, attempt).callbacks.append(attempt.callback)
 
     # ------------------------------------------------------------------ server
 
-    def _on_arrival(self, attempt: Attempt) -> None:
+    def _on_arrival(self, event: Any) -> None:
         """A request reaches a server with processing time, capacity or stalls."""
-        now = self.env._now
+        attempt: Attempt = event.value
+        if attempt.withdrawn:
+            return  # never sent
+        now = self.env.now
         start = now
         if self._stall_starts:
             i = bisect.bisect_right(self._stall_starts, now) - 1
@@ -444,7 +705,7 @@ class Engine:
             if start > now and len(waiting) >= server.queue_limit:
                 attempt.processed_s = now
                 attempt.status = server.overload_status
-                self._log_request(now)
+                self.monitor.request_processed(now)
                 self._answer(attempt)
                 return
             heapq.heapreplace(self._free_at, start + service)
@@ -453,13 +714,15 @@ class Engine:
         done = start + service
         if done >= attempt.deadline_s and not attempt.timed_out:
             attempt.timed_out = True
-            self._at(self._resume(attempt.worker, attempt.deadline_s), self._on_timeout, attempt)
-        attempt.callbacks = self._process_stage
-        self._schedule(attempt, _NORMAL, done - now)
+            self.after(attempt.deadline_s - now, attempt.callback, attempt)
+        self.after(done - now, self._on_process, attempt)
 
-    def _on_process(self, attempt: Attempt) -> None:
+    def _on_process(self, event: Any) -> None:
         """The server applies a request to the ``LeaseBook`` now."""
-        now = self.env._now
+        attempt: Attempt = event.value
+        if attempt.withdrawn:
+            return  # never sent
+        now = self.env.now
         now_us = EPOCH_US + round(now * 1e6)
         attempt.processed_s = now
         kind = attempt.kind
@@ -472,26 +735,20 @@ class Engine:
                     ENVIRONMENT_ID, attempt.work_id, now_us, attempt.expected, attempt.desired
                 )
                 attempt.status = 200
-                # The log keeps the attempt, not the value it echoed: let the
-                # (previous) heartbeat's text go once nothing else holds it.
-                attempt.expected = None
+                attempt.expected = None  # let the previous heartbeat's text go
             except PreconditionFailed as error:
                 attempt.status = 412
                 attempt.current_state = error.current_state
             except ApiError as error:
                 attempt.status = error.status
-            self._log_request(now)
-            self._answer(attempt)
-            return
-        if kind is _POLL:
-            record = self.book.poll(ENVIRONMENT_ID, now_us, worker_id=attempt.worker.name)
+        elif kind is _POLL:
+            record = self.book.poll(ENVIRONMENT_ID, now_us, worker_id=worker.name)
             long_poll_s = self.scenario.server.long_poll_s
             if record is None and long_poll_s > 0 and not attempt.repolled:
                 # A long poll: hold the request and look once more when it ends.
                 attempt.repolled = True
-                self._log_request(now)
-                attempt.callbacks = self._process_stage
-                self._schedule(attempt, _NORMAL, long_poll_s)
+                self.monitor.request_processed(now)
+                self.after(long_poll_s, self._on_process, attempt)
                 return
             attempt.status = 200
             attempt.item = record.work_id if record is not None else None
@@ -502,158 +759,13 @@ class Engine:
             except ApiError as error:
                 attempt.status = error.status
         if not attempt.repolled:
-            self._log_request(now)
+            self.monitor.request_processed(now)
         self._answer(attempt)
-
-    def _answer(self, attempt: Attempt) -> None:
-        """Send the answer back. The worker's reaction is computed at once,
-        as of the answer's arrival: nothing else can touch this worker in
-        between (its pauses and crashes are known), so no event is needed."""
-        if attempt.timed_out:
-            return  # the worker stopped waiting; its timeout is scheduled
-        worker = attempt.worker
-        now = self.env._now
-        delay = self._fixed_answer
-        if delay is None:
-            delay = self._answer_delay(worker.index, attempt.kind, now)
-            if delay is None:
-                attempt.lost = "answer"
-                attempt.timed_out = True
-                self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
-                return
-        answered_s = attempt.answered_s = now + delay
-        if answered_s >= attempt.deadline_s:
-            attempt.timed_out = True
-            self._deliver(attempt, self._resume(worker, max(attempt.deadline_s, now)), True)
-            return
-        if worker.pause_starts:
-            answered_s = self._resume(worker, answered_s)
-        self._deliver(attempt, answered_s, False)
 
     def _on_transition(
         self, record: WorkRecord, event: Event, previous: WorkState, now_us: int
     ) -> None:
         """The ``LeaseBook`` observer: every transition, lazy expiries at their real time."""
         if event is _RENEW:
-            return  # the attempt log has it; keep the hot path lean
+            return  # counted as a heartbeat answer; keep the hot path lean
         self.monitor.transition(record, event, previous, (now_us - EPOCH_US) / 1e6, self._acting)
-
-    # ------------------------------------------------------------------ workers
-
-    def _on_timeout(self, call: _Call) -> None:
-        attempt: Attempt = call.value
-        self._deliver(attempt, self.env._now, True)
-
-    def _deliver(self, attempt: Attempt, now: float, timed_out: bool) -> None:
-        """The worker learns at ``now`` (>= the current time) how an attempt ended."""
-        worker = attempt.worker
-        if attempt.gen != worker.gen or now >= worker.next_crash_s or now >= self._end_s:
-            return  # it crashed (or will have) before then, or the run is over
-        attempt.seen_s = now
-        attempt.timed_out = timed_out
-        self._log_attempt(attempt)
-        kind = attempt.kind
-        if kind is _HEARTBEAT:
-            if timed_out:
-                result = Result(_TIMEOUT, attempt.sent_s, now)
-            else:
-                status = attempt.status
-                assert status is not None
-                result = Result(
-                    _OUTCOME_OF.get(status) or _outcome(status),
-                    attempt.sent_s,
-                    now,
-                    attempt.answer,
-                    attempt.current_state,
-                    status,
-                )
-                # The log keeps the attempt, not its answer: free it now, for
-                # the next heartbeat's answer to reuse (a smaller, warmer heap).
-                attempt.answer = None
-            policy = worker.policy
-            assert policy is not None
-            was_held = policy.held
-            action = policy.observe(result)
-            if action.__class__ is Send:
-                if not was_held and policy.held:
-                    worker.lease = self.monitor.lease_started(
-                        worker.index, worker.work_id, worker.tenure, now
-                    )
-                self._send_heartbeat(worker, action, now)  # type: ignore[arg-type,unused-ignore]
-            else:
-                self._stopped(worker, action, was_held, now)  # type: ignore[arg-type,unused-ignore]
-        elif timed_out or (attempt.status != 200 and kind is _POLL):
-            self._poll_failed(worker, now)
-        elif kind is _POLL:
-            worker.poll_failures = 0
-            if attempt.item is None:
-                self._poll(worker, now + self._poll_wait.sample(worker.rng))
-            else:
-                worker.work_id = attempt.item
-                self._send(Attempt(worker, _ACK, now, self._request_timeout_s))
-        elif attempt.status == 200:
-            self._begin_lease(worker, now)
-        elif attempt.status == 409:
-            self._poll(worker, now)  # someone else has it: look for other work
-        else:
-            self._poll_failed(worker, now)
-
-    def _poll_failed(self, worker: _Worker, now: float) -> None:
-        # The SDK worker loop's backoff after a failed poll: min(60, 2**n) + U(0, 1) s.
-        worker.poll_failures += 1
-        backoff = min(60.0, 2.0**worker.poll_failures) + worker.rng.random()
-        self._poll(worker, now + backoff)
-
-    def _begin_lease(self, worker: _Worker, now: float) -> None:
-        policy = worker.policy = make_policy(self._policy_spec, rng=worker.rng)
-        action = policy.start(now)
-        if isinstance(action, Send):
-            self._send_heartbeat(worker, action, now)
-        else:  # pragma: no cover - no policy stops before its first attempt
-            self._poll(worker, now)
-
-    def _stopped(self, worker: _Worker, action: Stop, was_held: bool, now: float) -> None:
-        if worker.lease is None and (was_held or action.reason is EndReason.SHUTDOWN):
-            # Held for an instant (a shutdown on the first success).
-            worker.lease = self.monitor.lease_started(
-                worker.index, worker.work_id, worker.tenure, now
-            )
-        self._end_lease(worker, now, action.reason.value)
-
-    def _end_lease(self, worker: _Worker, now: float, reason: str) -> None:
-        """The worker stops heartbeating at ``now`` and looks for work again."""
-        if worker.lease is not None:
-            self.monitor.lease_ended(worker.lease, now, reason)
-            worker.lease = None
-        worker.policy = None
-        self._poll(worker, now)
-
-    def _on_start(self, call: _Call) -> None:
-        self._poll(call.value, self.env._now)
-
-    def _on_crash(self, call: _Call) -> None:
-        worker: _Worker = call.value
-        if not worker.alive:
-            return
-        now = self.env._now
-        worker.alive = False
-        worker.gen += 1
-        worker.next_crash_s = math.inf
-        if worker.lease is not None:
-            self.monitor.lease_ended(worker.lease, now, "crash")
-            worker.lease = None
-        self.monitor.crashed(worker.index, now, worker.tenure)
-        worker.policy = None
-        worker.tenure = None
-        if self._restart_after is not None:
-            self._at(now + self._restart_after.sample(self._restart_rng), self._on_restart, worker)
-
-    def _on_restart(self, call: _Call) -> None:
-        worker: _Worker = call.value
-        now = self.env._now
-        worker.alive = True
-        worker.poll_failures = 0
-        later = worker.crashes_s[bisect.bisect_right(worker.crashes_s, now) :]
-        worker.next_crash_s = later[0] if later else math.inf
-        self.monitor.restarted(worker.index, now)
-        self._poll(worker, now)

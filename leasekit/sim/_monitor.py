@@ -1,7 +1,14 @@
-"""Monitoring by callbacks: the engine reports what happens, this keeps the
-event log and computes a run's metrics from it.
+"""Monitoring by callbacks: the engine reports what happens, this counts it
+as it goes (a :class:`leasekit.metrics.Totals`) and, when asked, keeps the
+event log.
 
-Definitions (all over the metrics window ``[warmup_s, duration_s]``):
+Memory does not grow with simulated time: a lease is counted when it ends,
+an episode when it closes, a takeover when the item is claimed again. What
+is kept is what may still change a count (live server leases, leases whose
+server expiry is not known yet, items held by two workers at once).
+
+Definitions (the names are :data:`leasekit.metrics.METRICS`'; all over the
+metrics window ``[warmup_s, duration_s]``):
 
 * **Held lease time**: a worker holds a lease from the first successful
   answer its policy sees until the policy stops, the worker crashes or the
@@ -9,27 +16,31 @@ Definitions (all over the metrics window ``[warmup_s, duration_s]``):
 * **False loss**: a held lease ends while its holder is alive and willing
   (the simulated items never finish, so every end other than a crash or the
   end of the run is false). By cause, checked in this order:
-  ``server_expiry`` (the server had already expired the holder's lease: a
-  gap in arrivals), ``unseen_answer`` (a 412 while the server still held the
-  lease for this worker: an applied attempt whose answer the worker never
-  saw changed the stored value), ``give_up`` (the policy stopped believing,
-  ``assumed_lost``) and ``rejection``.
+  ``server_expiry`` (the server had already expired, or given away, the
+  holder's lease: a gap in arrivals), ``unseen_answer`` (a 412 while the
+  server still held the lease for this worker: an applied attempt whose
+  answer the worker never saw changed the stored value), ``give_up`` (the
+  policy stopped believing, ``assumed_lost``) and ``rejection``.
 * **Server expiry**: the server expired an ``active`` lease whose holder had
   not crashed (after a give-up too: the server cannot tell).
-* **Split-brain exposure**: time a running (not paused, not crashed) worker
-  holds a lease that the server has expired (and maybe granted to
-  another); and, separately, time two running workers both hold the same item.
+* **Split-brain episode**: a lease a running (not paused, not crashed) worker
+  holds after the server expired it or gave it to another worker (an
+  unconditional heartbeat takes an active lease from its holder); its
+  length is that exposure. **Double-holder episode**: a stretch in which two
+  or more workers hold the same item; its length is the time two running
+  workers both held it.
 * **Takeover time**: from a crash of a worker that held a live server lease
   to the next successful claim of that item (claims applied at the server).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import TYPE_CHECKING, Any, Final
 
 from ..lease import Event, WorkRecord
+from ..metrics import Totals
+from ..policy import classify_status
 from ..protocol import WorkState
 
 if TYPE_CHECKING:
@@ -38,9 +49,10 @@ if TYPE_CHECKING:
     from ._engine import Attempt
     from ._scenario import Scenario
 
-__all__ = ["EVENT_COLUMNS", "Monitor", "Tenure", "WorkerLease", "events_frame"]
+__all__ = ["CAUSES", "EVENT_COLUMNS", "Monitor", "Tenure", "WorkerLease", "events_frame"]
 
 _NAN: Final = math.nan
+_INF: Final = math.inf
 
 EVENT_COLUMNS: Final = (
     "time_s",
@@ -62,26 +74,33 @@ time). Attempt rows (``event`` ``heartbeat``/``poll``/``ack``): ``outcome`` is
 what the worker saw (``ok``, ``precondition_failed``, ``transient``,
 ``rejected``, ``timeout``), ``status`` what the server answered (also when the
 worker never saw it), ``detail`` which message was lost. Server rows:
-``claim``, ``expire`` (an active lease), ``expire_unclaimed``, ``handout``,
-``reclaim`` (handed out again after no ack), ``acknowledge``, with ``detail``
-``previous -> state``. Worker rows: ``lease_start``, ``lease_end`` (``detail``:
-the reason), ``crash``, ``restart``."""
+``claim``, ``steal`` (an unconditional heartbeat took an active lease from
+another worker), ``expire`` (an active lease), ``expire_unclaimed``,
+``handout``, ``reclaim`` (handed out again after no ack), ``acknowledge``,
+with ``detail`` ``previous -> state``. Worker rows: ``lease_start``,
+``lease_end`` (``detail``: the reason), ``crash``, ``restart``, ``pause``
+(a pause added during the run; ``detail``: its length)."""
 
 _FALSE_LOSS_REASONS: Final = frozenset({"lost", "assumed_lost", "rejected"})
 CAUSES: Final = ("server_expiry", "unseen_answer", "give_up", "rejection")
+_CAUSE_OF_REASON: Final = {"lost": "unseen_answer", "assumed_lost": "give_up"}
 
 
 class Tenure:
-    """A lease as the server granted it: from the claim to its expiry."""
+    """A lease as the server granted it: from the claim until it expired or
+    was taken by another worker (``ended_s``, ``inf`` while live)."""
 
-    __slots__ = ("claimed_s", "expired_s", "holder_crashed_s", "work_id", "worker")
+    __slots__ = ("claimed_s", "ended_s", "holder_crashed_s", "parked", "work_id", "worker")
 
     def __init__(self, work_id: str, worker: int, claimed_s: float) -> None:
         self.work_id = work_id
         self.worker = worker
         self.claimed_s = claimed_s
-        self.expired_s = math.inf
-        self.holder_crashed_s = math.inf
+        self.ended_s = _INF
+        self.holder_crashed_s = _INF
+        self.parked: list[WorkerLease] = []
+        """Worker leases that ended while this tenure was live: their cause and
+        exposure are settled when it ends (or at the end of the run)."""
 
 
 class WorkerLease:
@@ -94,36 +113,49 @@ class WorkerLease:
         self.work_id = work_id
         self.tenure = tenure
         self.start_s = start_s
-        self.end_s = math.nan
+        self.end_s = _NAN
         self.reason = ""
 
     def cause(self) -> str:
         """Why a falsely lost lease ended (see the module docstring)."""
-        if self.tenure is not None and self.tenure.expired_s <= self.end_s:
+        if self.tenure is not None and self.tenure.ended_s <= self.end_s:
             return "server_expiry"
-        return {"lost": "unseen_answer", "assumed_lost": "give_up"}.get(self.reason, "rejection")
+        return _CAUSE_OF_REASON.get(self.reason, "rejection")
+
+
+class _Contention:
+    """An item held by two or more workers: the leases involved, since ``start_s``."""
+
+    __slots__ = ("leases", "start_s")
+
+    def __init__(self, leases: list[WorkerLease], start_s: float) -> None:
+        self.leases = leases
+        self.start_s = start_s
 
 
 class Monitor:
-    """Receives the engine's callbacks; keeps the log; computes metrics."""
+    """Receives the engine's callbacks; counts :attr:`totals`; keeps the
+    event log's :attr:`rows` when built with ``events=True``.
 
-    def __init__(self, scenario: Scenario) -> None:
+    ``pauses[i]`` is worker ``i``'s sorted, merged ``(starts, ends)`` pause
+    spans (the engine's own lists, so pauses added during the run count).
+    """
+
+    def __init__(self, scenario: Scenario, *, events: bool = False) -> None:
         self.window_start_s = scenario.warmup_s
         self.window_end_s = scenario.duration_s
+        self.totals = Totals()
+        self.keep_events = events
         self.rows: list[tuple[Any, ...]] = []
-        self.leases: list[WorkerLease] = []
-        self.tenures: list[Tenure] = []
-        self.claims: dict[str, list[float]] = {}
-        self.crashes: list[tuple[int, float, Tenure | None]] = []
+        """The event log (when kept): rows of :data:`EVENT_COLUMNS`, in the
+        order things were recorded."""
         self.pauses: list[tuple[list[float], list[float]]] = []
-        self.heartbeats_sent = 0
-        self.attempts: list[Attempt] = []
-        """Every attempt whose end the worker saw (``seen_s``, ``timed_out`` set)."""
-        self.requests_s: list[float] = []
-        """When the server processed each request, in order."""
         self._live: dict[str, Tenure] = {}
+        self._holders: dict[str, dict[int, WorkerLease]] = {}
+        self._contended: dict[str, _Contention] = {}
+        self._awaiting_takeover: dict[str, list[tuple[float, Tenure]]] = {}
 
-    # ------------------------------------------------------------------ callbacks
+    # ------------------------------------------------------------------ server
 
     def transition(
         self,
@@ -133,25 +165,37 @@ class Monitor:
         at_s: float,
         acting: Any,
     ) -> None:
-        """The ``LeaseBook`` observer (renewals filtered out by the engine)."""
+        """The ``LeaseBook`` observer (renewals filtered out by the engine).
+        ``acting`` is the live worker whose request this is (``None`` for a
+        request a crashed worker left in flight, or none at all)."""
         work_id = record.work_id
         worker = -1 if acting is None else acting.index
         if event is Event.CLAIM or event is Event.UNCONDITIONAL:
+            name = "claim"
+            if previous is WorkState.ACTIVE:
+                # Only an unconditional heartbeat moves an active lease: its
+                # holder's renewal, or another worker taking it.
+                held = self._live[work_id]
+                if held.worker == worker:
+                    return
+                self._tenure_ended(held, at_s)
+                name = "steal"
             tenure = Tenure(work_id, worker, at_s)
             if acting is not None:
                 acting.tenure = tenure
             else:  # claimed by a request its crashed sender left in flight
                 tenure.holder_crashed_s = at_s
             self._live[work_id] = tenure
-            self.tenures.append(tenure)
-            self.claims.setdefault(work_id, []).append(at_s)
-            name = "claim"
+            self._claimed(work_id, at_s)
         elif event is Event.EXPIRE:
             if previous is WorkState.ACTIVE:
                 tenure = self._live.pop(work_id)
-                tenure.expired_s = at_s
                 worker = tenure.worker
                 name = "expire"
+                w0, w1 = self.window_start_s, self.window_end_s
+                if w0 <= at_s <= w1 and not tenure.holder_crashed_s <= at_s:
+                    self.totals.server_expiries += 1
+                self._tenure_ended(tenure, at_s)
             else:
                 name = "expire_unclaimed"
         elif event is Event.POLL:
@@ -160,138 +204,178 @@ class Monitor:
             name = "acknowledge"
         else:
             name = event.value
-        self._row(at_s, name, worker, work_id, f"{previous.value} -> {record.state.value}")
+        if self.keep_events:
+            self._row(at_s, name, worker, work_id, f"{previous.value} -> {record.state.value}")
+
+    def request_processed(self, at_s: float) -> None:
+        """The server processed a request (of any kind) at ``at_s``."""
+        if at_s >= self.window_start_s:
+            self.totals.requests += 1
+
+    def _tenure_ended(self, tenure: Tenure, at_s: float) -> None:
+        tenure.ended_s = at_s
+        if self._live.get(tenure.work_id) is tenure:
+            del self._live[tenure.work_id]
+        parked, tenure.parked = tenure.parked, []
+        for lease in parked:
+            self._settle(lease)
+
+    def _claimed(self, work_id: str, at_s: float) -> None:
+        waiting = self._awaiting_takeover.pop(work_id, None)
+        if waiting:
+            for crash_s, tenure in waiting:
+                if crash_s < tenure.ended_s and crash_s < at_s:
+                    self.totals.takeover_seconds.append(at_s - crash_s)
+
+    # ------------------------------------------------------------------ workers
 
     def lease_started(
         self, worker: int, work_id: str, tenure: Tenure | None, at_s: float
     ) -> WorkerLease:
         lease = WorkerLease(worker, work_id, tenure, at_s)
-        self.leases.append(lease)
-        self._row(at_s, "lease_start", worker, work_id, "")
+        holders = self._holders.setdefault(work_id, {})
+        holders[worker] = lease
+        if len(holders) >= 2:
+            contention = self._contended.get(work_id)
+            if contention is None:
+                self._contended[work_id] = _Contention(list(holders.values()), at_s)
+            else:
+                contention.leases.append(lease)
+        if self.keep_events:
+            self._row(at_s, "lease_start", worker, work_id, "")
         return lease
 
     def lease_ended(self, lease: WorkerLease, at_s: float, reason: str) -> None:
         lease.end_s = at_s
         lease.reason = reason
-        self._row(at_s, "lease_end", lease.worker, lease.work_id, reason)
+        w0, w1 = self.window_start_s, self.window_end_s
+        self.totals.lease_seconds += max(0.0, min(at_s, w1) - max(lease.start_s, w0))
+        work_id = lease.work_id
+        holders = self._holders[work_id]
+        del holders[lease.worker]
+        if not holders:
+            del self._holders[work_id]
+        contention = self._contended.get(work_id)
+        if contention is not None and len(holders) <= 1:
+            del self._contended[work_id]
+            self._double_holder(contention, at_s)
+        tenure = lease.tenure
+        if tenure is not None and tenure.ended_s == _INF:
+            tenure.parked.append(lease)  # its server expiry, if any, is not known yet
+        else:
+            self._settle(lease)
+        if self.keep_events:
+            self._row(at_s, "lease_end", lease.worker, work_id, reason)
+
+    def _settle(self, lease: WorkerLease) -> None:
+        """Count an ended lease's false loss and split-brain exposure, now
+        that its tenure has ended or the run is over."""
+        w0, w1 = self.window_start_s, self.window_end_s
+        if lease.reason in _FALSE_LOSS_REASONS and w0 <= lease.end_s <= w1:
+            cause = lease.cause()
+            name = f"false_losses_{cause}"
+            setattr(self.totals, name, getattr(self.totals, name) + 1)
+        tenure = lease.tenure
+        if tenure is not None and tenure.ended_s < lease.end_s:
+            exposed_from = max(tenure.ended_s, lease.start_s, w0)
+            spans = _minus(exposed_from, min(lease.end_s, w1), self.pauses[lease.worker])
+            exposure = sum(end - start for start, end in spans)
+            if exposure > 0:
+                self.totals.split_brain_episodes.append(exposure)
+
+    def _double_holder(self, contention: _Contention, end_s: float) -> None:
+        start = max(contention.start_s, self.window_start_s)
+        end = min(end_s, self.window_end_s)
+        spans: list[tuple[float, float]] = []
+        for lease in contention.leases:
+            lease_end = end_s if math.isnan(lease.end_s) else lease.end_s
+            spans += _minus(
+                max(lease.start_s, start), min(lease_end, end), self.pauses[lease.worker]
+            )
+        overlap = _overlap(spans)
+        if overlap > 0:
+            self.totals.double_holder_episodes.append(overlap)
+
+    def attempt_seen(self, attempt: Attempt) -> None:
+        """A worker learned how an attempt ended (``seen_s``, ``timed_out`` set)."""
+        if attempt.kind == "heartbeat" and attempt.seen_s >= self.window_start_s:
+            self.totals.heartbeat_answers += 1
+            if attempt.status == 412 and not attempt.timed_out:
+                self.totals.precondition_failures += 1
+        if self.keep_events:
+            self.rows.append(_attempt_row(attempt))
 
     def crashed(self, worker: int, at_s: float, tenure: Tenure | None) -> None:
         if tenure is not None:
             tenure.holder_crashed_s = min(tenure.holder_crashed_s, at_s)
-        self.crashes.append((worker, at_s, tenure))
-        self._row(at_s, "crash", worker, tenure.work_id if tenure is not None else "", "")
+            w0, w1 = self.window_start_s, self.window_end_s
+            if w0 <= at_s <= w1 and tenure.claimed_s <= at_s < tenure.ended_s:
+                # It may hold a live lease (its expiry may still be unseen):
+                # the next claim of the item says.
+                self._awaiting_takeover.setdefault(tenure.work_id, []).append((at_s, tenure))
+        if self.keep_events:
+            self._row(at_s, "crash", worker, tenure.work_id if tenure is not None else "", "")
 
     def restarted(self, worker: int, at_s: float) -> None:
-        self._row(at_s, "restart", worker, "", "")
+        if self.keep_events:
+            self._row(at_s, "restart", worker, "", "")
+
+    def paused(self, worker: int, at_s: float, duration_s: float) -> None:
+        if self.keep_events:
+            self._row(at_s, "pause", worker, "", repr(duration_s))
+
+    def finish(self, heartbeats_sent: int) -> Totals:
+        """The run is over (every lease ended, every due expiry applied):
+        settle what waited on an expiry that never came; the run's totals."""
+        for tenure in list(self._live.values()):
+            parked, tenure.parked = tenure.parked, []
+            for lease in parked:
+                self._settle(lease)
+        for waiting in self._awaiting_takeover.values():
+            self.totals.takeovers_censored += sum(
+                1 for crash_s, tenure in waiting if crash_s < tenure.ended_s
+            )
+        self._awaiting_takeover.clear()
+        self.totals.heartbeats_sent = heartbeats_sent
+        return self.totals
 
     def _row(self, at_s: float, event: str, worker: int, work_id: str, detail: str) -> None:
         self.rows.append(
             (at_s, event, worker, work_id, 0, _NAN, _NAN, _NAN, _NAN, _NAN, "", _NAN, detail)
         )
 
-    # ------------------------------------------------------------------ results
-
-    def attempt_rows(self) -> list[tuple[Any, ...]]:
-        """The attempts as event-log rows."""
-        rows = []
-        names = _OUTCOME_NAMES
-        for a in self.attempts:
-            status = a.status
-            if a.timed_out:
-                outcome = "timeout"
-            else:
-                assert status is not None
-                outcome = names.get(status) or _outcome_name(status)
-            rows.append(
-                (
-                    a.sent_s,
-                    a.kind,
-                    a.worker.index,
-                    a.work_id or a.item or "",
-                    a.number,
-                    a.sent_s,
-                    a.arrived_s,
-                    a.processed_s,
-                    a.answered_s,
-                    a.seen_s,
-                    outcome,
-                    _NAN if status is None else status,
-                    a.lost,
-                )
-            )
-        return rows
-
-    def all_rows(self) -> list[tuple[Any, ...]]:
-        """Attempt rows and the other events' rows, unordered."""
-        return self.attempt_rows() + self.rows
-
     def events(self) -> pd.DataFrame:
         """The event log, ordered by ``time_s`` (ties keep the order of events)."""
-        return events_frame(self.all_rows())
+        return events_frame(self.rows)
 
-    def metrics(self) -> dict[str, float]:
-        """This run's metrics (see the module docstring)."""
-        w0, w1 = self.window_start_s, self.window_end_s
-        held_s = 0.0
-        causes = dict.fromkeys(CAUSES, 0)
-        for lease in self.leases:
-            held_s += max(0.0, min(lease.end_s, w1) - max(lease.start_s, w0))
-            if lease.reason in _FALSE_LOSS_REASONS and w0 <= lease.end_s <= w1:
-                causes[lease.cause()] += 1
-        hours = held_s / 3600.0
-        per_hour = (lambda n: n / hours) if hours > 0 else (lambda n: _NAN)
-        expiries = sum(
-            1
-            for t in self.tenures
-            if w0 <= t.expired_s <= w1 and not t.holder_crashed_s <= t.expired_s
+
+_OUTCOME_NAMES: dict[int, str] = {}
+
+
+def _attempt_row(a: Attempt) -> tuple[Any, ...]:
+    status = a.status
+    if a.timed_out:
+        outcome = "timeout"
+    else:
+        assert status is not None
+        outcome = _OUTCOME_NAMES.get(status) or _OUTCOME_NAMES.setdefault(
+            status, classify_status(status).value
         )
-        split_s = 0.0
-        by_item: dict[str, list[tuple[float, float]]] = {}
-        for lease in self.leases:
-            pauses = self.pauses[lease.worker]
-            spans = _minus(max(lease.start_s, w0), min(lease.end_s, w1), pauses)
-            by_item.setdefault(lease.work_id, []).extend(spans)
-            if lease.tenure is not None and lease.tenure.expired_s < lease.end_s:
-                exposed_from = max(lease.tenure.expired_s, lease.start_s, w0)
-                for start, end in _minus(exposed_from, min(lease.end_s, w1), pauses):
-                    split_s += end - start
-        double_s = sum(_overlap(spans) for spans in by_item.values())
-        takeovers = []
-        censored = 0
-        for _worker, crash_s, tenure in self.crashes:
-            if tenure is None or not (w0 <= crash_s <= w1):
-                continue
-            if not tenure.claimed_s <= crash_s < tenure.expired_s:
-                continue  # it held no live lease when it died
-            later = [t for t in self.claims.get(tenure.work_id, ()) if t > crash_s]
-            if later:
-                takeovers.append(later[0] - crash_s)
-            else:
-                censored += 1
-        false_losses = sum(causes.values())
-        results = failures = 0
-        for a in self.attempts:
-            if a.kind == "heartbeat" and a.seen_s >= w0:
-                results += 1
-                if a.status == 412 and not a.timed_out:
-                    failures += 1
-        requests = len(self.requests_s) - bisect.bisect_left(self.requests_s, w0)
-        metrics = {
-            "lease_hours": hours,
-            "false_losses_per_lease_hour": per_hour(false_losses),
-            **{f"false_losses_{cause}_per_lease_hour": per_hour(n) for cause, n in causes.items()},
-            "server_expiries_per_lease_hour": per_hour(expiries),
-            "precondition_failures_per_lease_hour": per_hour(failures),
-            "precondition_failure_rate": failures / results if results else _NAN,
-            "split_brain_seconds_per_lease_hour": per_hour(split_s),
-            "double_holder_seconds_per_lease_hour": per_hour(double_s),
-            "takeover_seconds_mean": sum(takeovers) / len(takeovers) if takeovers else _NAN,
-            "takeover_seconds_max": max(takeovers) if takeovers else _NAN,
-            "takeovers": float(len(takeovers)),
-            "takeovers_censored": float(censored),
-            "requests_per_lease_second": requests / held_s if held_s > 0 else _NAN,
-        }
-        return metrics
+    return (
+        a.sent_s,
+        a.kind,
+        a.worker.index,
+        a.work_id or a.item or "",
+        a.number,
+        a.sent_s,
+        a.arrived_s,
+        a.processed_s,
+        a.answered_s,
+        a.seen_s,
+        outcome,
+        _NAN if status is None else status,
+        a.lost,
+    )
 
 
 def events_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
@@ -302,16 +386,6 @@ def events_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     frame = frame.sort_values("time_s", kind="stable", ignore_index=True)
     frame["status"] = frame["status"].astype("Int64")
     return frame
-
-
-_OUTCOME_NAMES: dict[int, str] = {}
-
-
-def _outcome_name(status: int) -> str:
-    from ..policy import classify_status
-
-    name = _OUTCOME_NAMES[status] = classify_status(status).value
-    return name
 
 
 def _minus(

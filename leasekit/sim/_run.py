@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ..metrics import Totals, summarize
 from ._engine import Engine
-from ._monitor import Monitor, events_frame
+from ._monitor import events_frame
 from ._network import NetworkFactory
 from ._scenario import Scenario
 
@@ -29,9 +30,11 @@ __all__ = [
 
 
 class RunResult:
-    """One run: its ``metrics`` (see :mod:`leasekit.sim`), ``heartbeats_sent``
-    (attempts put on the wire), and the event log (:attr:`events`, built on
-    first use)."""
+    """One run: its :attr:`totals` (a :class:`leasekit.metrics.Totals`: what it
+    counted), ``metrics`` (each metric's value for this run alone, from
+    :func:`leasekit.metrics.summarize`), ``heartbeats_sent`` (attempts put on
+    the wire), and, when the run kept it (``simulate(..., events=True)``),
+    the event log (:attr:`rows`, :attr:`events`)."""
 
     def __init__(
         self,
@@ -41,20 +44,23 @@ class RunResult:
         heartbeats_sent: int,
         *,
         rows: list[tuple[Any, ...]] | None = None,
-        monitor: Monitor | None = None,
+        totals: Totals | None = None,
     ) -> None:
         self.scenario = scenario
         self.seed = seed
         self.metrics = metrics
         self.heartbeats_sent = heartbeats_sent
+        self.totals = totals if totals is not None else Totals(heartbeats_sent=heartbeats_sent)
         self._rows = rows
-        self._monitor = monitor
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
-        """The event log's rows, unordered (see :data:`EVENT_COLUMNS`)."""
+        """The event log's rows in the order they were recorded (see
+        :data:`EVENT_COLUMNS`); :class:`ValueError` if the run did not keep it."""
         if self._rows is None:
-            self._rows = self._monitor.all_rows() if self._monitor is not None else []
+            raise ValueError(
+                "this run did not keep its event log: run it with simulate(..., events=True)"
+            )
         return self._rows
 
     @property
@@ -72,16 +78,33 @@ def simulate(
     seed: int | None = None,
     network: NetworkFactory | None = None,
     progress: Callable[[float], None] | None = None,
+    events: bool = False,
+    setup: Callable[[Engine], None] | None = None,
 ) -> RunResult:
     """Run ``scenario`` once with ``seed`` (default: the scenario's).
 
     ``network`` builds the network model (default: the scenario's own);
-    ``progress`` is called with the fraction of simulated time done.
+    ``progress`` is called with the fraction of simulated time done;
+    ``events=True`` keeps the event log (memory grows with simulated time;
+    without it a run keeps only its counts); ``setup(engine)`` is called
+    before the run starts, to add behaviour (a SimPy process that crashes or
+    pauses workers, see ``docs/simulator.md``).
     """
     seed = scenario.seed if seed is None else seed
-    engine = Engine(scenario, seed, network=network, progress=progress)
+    engine = Engine(scenario, seed, network=network, progress=progress, events=events)
+    if setup is not None:
+        setup(engine)
     monitor = engine.run()
-    return RunResult(scenario, seed, monitor.metrics(), monitor.heartbeats_sent, monitor=monitor)
+    totals = monitor.totals
+    metrics = {name: estimate.value for name, estimate in summarize(totals).items()}
+    return RunResult(
+        scenario,
+        seed,
+        metrics,
+        totals.heartbeats_sent,
+        rows=monitor.rows if events else None,
+        totals=totals,
+    )
 
 
 def replication_seed(base_seed: int, index: int) -> int:
@@ -163,7 +186,7 @@ class Replications:
 def _one(
     scenario: Scenario, seed: int, network: NetworkFactory | None, keep: bool
 ) -> tuple[dict[str, float], int, list[tuple[Any, ...]]]:
-    result = simulate(scenario, seed=seed, network=network)
+    result = simulate(scenario, seed=seed, network=network, events=keep)
     return result.metrics, result.heartbeats_sent, result.rows if keep else []
 
 
@@ -205,7 +228,7 @@ def replicate(
                 if progress is not None:
                     progress((i + fraction) / replications)
 
-            result = simulate(scenario, seed=s, network=network, progress=part)
+            result = simulate(scenario, seed=s, network=network, progress=part, events=i == 0)
             outcomes[i] = (result.metrics, result.heartbeats_sent, result.rows if i == 0 else [])
     rows = []
     for i, s in enumerate(seeds):

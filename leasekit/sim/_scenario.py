@@ -137,10 +137,12 @@ class Workers:
     ``round(count * items_per_worker)`` work items (at least one); with fewer
     items than workers the spare workers keep polling and take over the items
     of crashed holders. Each worker starts at a uniform time in
-    ``[0, start_spread_s]``. Like the official worker loop, a worker waits
-    ``empty_poll_wait`` (a delay spec) after an empty poll, gives a poll or ack
-    up after ``request_timeout_s`` and then backs off ``min(60, 2**n) +
-    uniform(0, 1)`` seconds; after a lease ends it polls again at once.
+    ``[0, start_spread_s]``. Between leases a worker follows
+    :class:`leasekit.loop.WorkerLoop`, the official worker loop's rules the
+    async worker follows too: it waits ``empty_poll_wait`` (a delay spec)
+    after an empty poll, gives a poll or ack up after ``request_timeout_s``,
+    backs off ``min(60, 2**n) + uniform(0, 1)`` seconds after ``n`` failed
+    polls (or acks) in a row, and polls again at once after a lease ends.
     A worker's heartbeat timers (sends and attempt timeouts) fire
     ``timer_slack_s`` late, as a real event loop's do: it breaks exact ties
     (an attempt timing out exactly one TTL after the last success) the way a
@@ -152,6 +154,12 @@ class Workers:
     past its policy's local ``deadline``. ``LeasekitPolicy`` always keeps it;
     the default (off) simulates ``sdk`` and ``fixed`` as the official worker
     loop runs them.
+
+    ``unconditional`` sends every heartbeat without
+    ``expected_last_heartbeat``: the server then renews (or takes over) the
+    lease whoever holds it, so a worker that lost its lease steals it back
+    and two workers hold one item (docs/protocol.md: why heartbeats are
+    conditional). The split-brain and double-holder metrics measure it.
     """
 
     count: int = 10
@@ -162,6 +170,7 @@ class Workers:
     request_timeout_s: float = 10.0
     timer_slack_s: float = 1e-6
     enforce_deadline: bool = False
+    unconditional: bool = False
     crashes: Crashes = field(default_factory=Crashes)
     pauses: Pauses = field(default_factory=Pauses)
 
