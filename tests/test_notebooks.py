@@ -91,6 +91,10 @@ def test_protocol_notebook_walks_the_protocol_on_a_real_server() -> None:
     assert re.search(r"adoptions: [1-9]\d* \| still held after the 412: True", out)
     assert "A's lease ended: shutdown" in out and "B's lease ended: shutdown" in out
     assert "stop: lost" in out  # the SDK policy gives the self-inflicted 412 up
+    # the fleet simulation: without the echo two workers hold one item for long stretches
+    echo = re.search(r"conditional \(echo\)\s+([\d.e+-]+)", out)
+    blind = re.search(r"\d\s+unconditional\s+([\d.e+-]+)", out)
+    assert echo and blind and float(blind.group(1)) > 10 * float(echo.group(1))
     assert out.rstrip().endswith("server stopped")
     # a timeline after each of the steps, the whole story, the lifecycle, the unconditional runs
     assert _images(name) >= 9
