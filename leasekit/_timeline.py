@@ -664,7 +664,6 @@ def lease_timeline(
         texts = {
             "expire": "expired",
             "expire_estimated": "expired (est.)",
-            "steal": "taken",
             "adopt": "adopt",
             "lost": note or "lost",
             "stop": note,
