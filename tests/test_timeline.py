@@ -28,7 +28,7 @@ from leasekit.protocol import (
 )
 from leasekit.replay import load_any_trace
 from leasekit.server import create_app, running_server
-from leasekit.sim import Crashes, Fault, Moment, Scenario, Server, Workers, replicate
+from leasekit.sim import Crashes, Fault, Moment, Pauses, Scenario, Server, Workers, replicate
 from leasekit.trace import Trace, TraceHeader, TraceWriter, read_trace
 
 DATA = Path(__file__).parent / "data"
@@ -262,3 +262,23 @@ def test_the_state_diagram_has_every_transition_of_the_table() -> None:
     for (state, event), (target, _effect) in TRANSITIONS.items():
         assert state.value in texts and target.value in texts
         assert event.value in texts
+
+
+def test_an_unconditional_heartbeat_taking_a_lease_is_marked() -> None:
+    scenario = Scenario(
+        name="steals",
+        duration_s=900.0,
+        seed=4,
+        workers=Workers(
+            count=3,
+            policy="sdk",
+            items_per_worker=0.7,
+            unconditional=True,
+            pauses=Pauses(rate_per_hour=6, duration="uniform:60,120"),
+        ),
+        server=Server(default_ttl_seconds=30),
+    )
+    events = _events(scenario)
+    steal = events[events["event"] == "steal"].iloc[0]
+    fig = lease_timeline(events, work_id=steal["work_id"], start_s=steal["time_s"] - 60)
+    assert "lease taken by an unconditional heartbeat" in _legend(fig)
