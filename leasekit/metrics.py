@@ -36,6 +36,7 @@ from scipy import stats
 __all__ = [
     "INTERVALS",
     "METRICS",
+    "SUFFIXES",
     "EngineResult",
     "Estimate",
     "MetricSpec",
@@ -479,6 +480,31 @@ class EngineResult:
         }
 
 
+SUFFIXES: Final[dict[str, str]] = {
+    "NAME_ci95_low, NAME_ci95_high": (
+        "the metric's 95% interval, of the kind the glossary gives it."
+    ),
+    "NAME_low, NAME_high": (
+        "`leasekit replay`'s what-if only: bounds from what a client trace cannot see (when "
+        "the server processed each request, whether an unanswered one was applied); the "
+        "metric at the trace's most and least favourable reading. Not an interval."
+    ),
+    "false_losses": (
+        "`leasekit replay`'s what-if: the count of leases lost (one per lease, however many "
+        "of its gaps expire), the numerator of false_losses_per_lease_hour."
+    ),
+    "expiring_gaps": (
+        "`leasekit replay`'s what-if: the gaps between a lease's arrivals longer than the "
+        "TTL; one lease can have several. Not a count of false losses."
+    ),
+    "trace_lease_hours": (
+        "`leasekit replay`: held lease time in the trace as recorded (its leases from first "
+        "success to last attempt), whatever the TTL asked about."
+    ),
+}
+"""Names that appear beside the metrics in tables, and what they mean."""
+
+
 def glossary_markdown() -> str:
     """``docs/metrics.md``: the glossary and the kinds of interval, as Markdown."""
     lines = [
@@ -498,4 +524,14 @@ def glossary_markdown() -> str:
     lines += ["", "## Kinds of interval", ""]
     for key, text in INTERVALS.items():
         lines.append(f"- **{key}**: {text}")
+    lines += [
+        "",
+        "## Names beside the metrics",
+        "",
+        "Tables put these next to the metrics above; none of them is a second meaning of a",
+        "metric's name.",
+        "",
+    ]
+    for name, text in SUFFIXES.items():
+        lines.append(f"- `{name}`: {text}")
     return "\n".join(lines) + "\n"

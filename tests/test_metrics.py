@@ -7,14 +7,27 @@ from pathlib import Path
 
 import pytest
 
+import leasekit.sim
 from leasekit.metrics import (
     METRICS,
+    Estimate,
     Totals,
     binomial_proportion,
     bootstrap_mean,
     glossary_markdown,
     poisson_rate,
     summarize,
+)
+from leasekit.sim import (
+    Crashes,
+    Direction,
+    Network,
+    Pauses,
+    Scenario,
+    Server,
+    Workers,
+    replicate,
+    simulate,
 )
 
 
@@ -96,3 +109,91 @@ def test_docs_metrics_md_is_generated_from_the_glossary() -> None:
     assert path.read_text() == glossary_markdown(), (
         "regenerate: leasekit.metrics.glossary_markdown()"
     )
+
+
+# --------------------------------------------------------------------------- replicate
+
+
+def _clean_one_worker(hours: float = 0.5) -> Scenario:
+    return Scenario(
+        name="clean",
+        duration_s=hours * 3600,
+        seed=3,
+        workers=Workers(count=2, policy="sdk", start_spread_s=0),
+        server=Server(default_ttl_seconds=90, min_ttl_seconds=90, max_ttl_seconds=90),
+        network=Network(
+            request=Direction(delay="const:0.01"), answer=Direction(delay="const:0.01")
+        ),
+    )
+
+
+def _hostile(seed: int) -> Scenario:
+    return Scenario(
+        name="hostile",
+        duration_s=3600,
+        seed=seed,
+        workers=Workers(
+            count=8,
+            policy="sdk",
+            items_per_worker=0.7,
+            pauses=Pauses(rate_per_hour=6, duration="lognormal:2,1"),
+            crashes=Crashes(rate_per_hour=2, restart_after="const:20"),
+        ),
+        server=Server(default_ttl_seconds=10, min_ttl_seconds=10, max_ttl_seconds=10),
+        network=Network(
+            request=Direction(delay="shiftexp:0.02,0.5", loss=0.1),
+            answer=Direction(delay="shiftexp:0.02,0.5", loss=0.1),
+        ),
+    )
+
+
+def test_replications_with_no_event_still_bound_the_rate_from_above() -> None:
+    # t-intervals over seeds gave [0, 0] here, which proves nothing
+    replications = replicate(_clean_one_worker(), 3)
+    estimate = replications.estimates()["false_losses_per_lease_hour"]
+    hours = replications.estimates()["lease_hours"].value
+    assert estimate.value == 0 and estimate.low == 0
+    assert estimate.high == pytest.approx(3.689 / hours, rel=1e-3)
+    assert isinstance(estimate, Estimate) and estimate.method == "poisson"
+
+
+def test_replication_intervals_are_never_negative() -> None:
+    replications = replicate(_hostile(7), 3)
+    assert sum(t.false_losses for t in replications.totals) > 0  # the conditions are hostile
+    for name, estimate in replications.estimates().items():
+        if not math.isnan(estimate.low):
+            assert 0 <= estimate.low <= estimate.value <= estimate.high, name
+
+
+def test_a_runs_totals_give_back_its_own_metrics() -> None:
+    result = simulate(_hostile(11))
+    assert result.totals.false_losses > 0 and result.totals.takeover_seconds
+    pooled = summarize(result.totals)
+    for name, value in result.metrics.items():
+        got = pooled[name].value
+        assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(value), name
+    assert result.totals.heartbeats_sent == result.heartbeats_sent
+
+
+def test_summary_names_each_metrics_interval_and_unit() -> None:
+    summary = replicate(_clean_one_worker(0.2), 2).summary()
+    assert list(summary.columns) == ["metric", "value", "ci95_low", "ci95_high", "interval", "unit"]
+    assert summary["metric"].tolist() == list(METRICS)
+    row = summary.set_index("metric").loc["false_losses_per_lease_hour"]
+    assert (row["interval"], row["unit"]) == ("poisson", "1/h")
+
+
+def test_t_interval_is_no_longer_public() -> None:
+    assert "t_interval" not in leasekit.sim.__all__
+    assert leasekit.sim.Estimate is Estimate
+    with pytest.warns(DeprecationWarning, match="metrics.summarize"):
+        leasekit.sim.t_interval([1.0, 2.0])
+
+
+def test_docs_protocol_md_stands_alone() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    for heading in ("## 1. Facts", "## 2. Reference semantics", "## 3. Safety arguments"):
+        assert heading in text
+    assert "leasekit's reference semantics" in text and "hosted service may differ" in text
+    assert "### The local deadline" in text and "### Adopting a self-inflicted 412" in text
+    assert "PROTOCOL.md" not in text

@@ -276,6 +276,39 @@ def test_otlp_json_and_console_give_the_same_table(console_file: Path, otlp_file
     assert (otlp["sent_s"] - console["sent_s"]).abs().max() < 2e-6
 
 
+@pytest.mark.parametrize("layout", ["one document", "an array"])
+def test_a_pretty_printed_otlp_export_reads_like_the_compact_one(
+    tmp_path: Path, otlp_file: Path, layout: str
+) -> None:
+    requests = [json.loads(line) for line in otlp_file.read_text().splitlines()]
+    if layout == "one document":
+        # one request holding every span, pretty-printed as exporters and `jq .` write it
+        merged = requests[0]
+        merged["resourceSpans"] = [rs for r in requests for rs in r["resourceSpans"]]
+        text = json.dumps(merged, indent=2)
+    else:
+        text = json.dumps(requests, indent=4)
+    path = tmp_path / "pretty.json"
+    path.write_text(text + "\n")
+    assert detect_format(path) == "otlp"
+    for format in (None, "otlp"):
+        pretty = load_any_trace(path, format)
+        compact = load_any_trace(otlp_file)
+        for column in ("sent_s", "received_s", "outcome", "status", "expected_last_heartbeat"):
+            assert pretty[column].tolist() == compact[column].tolist(), column
+        assert (pretty["line"] == 1).all()
+
+
+def test_bad_pretty_otlp_names_the_line_of_the_error(tmp_path: Path, otlp_file: Path) -> None:
+    body = json.loads(otlp_file.read_text().splitlines()[0])
+    text = json.dumps(body, indent=2).splitlines()
+    text[5] = text[5] + " oops"
+    path = tmp_path / "pretty.json"
+    path.write_text("\n".join(text) + "\n")
+    error = _error(path, "otlp")
+    assert error.line == 6 and "not valid JSON" in error.message
+
+
 def test_imported_tables_have_the_trace_readers_dtypes(
     tmp_path: Path, otlp_file: Path, console_file: Path
 ) -> None:

@@ -116,3 +116,22 @@ def test_a_bad_scenario_file_names_the_file_and_the_field(
         load_scenario(bad)
     assert main(["simulate", "--latency", "gauss:1"]) == 2
     assert "network.request.delay" in capsys.readouterr().err
+
+
+def test_json_intervals_are_for_counts_none_negative_and_zero_still_bounds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # a clean network: no false loss in any run. A t-interval over seeds said
+    # [0, 0]; the pooled exact Poisson interval bounds the rate from above
+    document = run_json(
+        capsys,
+        "--workers", "3", "--hours", "0.2", "--policy", "sdk", "--ttl", "60",
+        "--latency", "const:0.01", "--replications", "2",
+    )  # fmt: skip
+    metrics = document["metrics"]
+    losses = metrics["false_losses_per_lease_hour"]
+    assert losses["value"] == 0 and losses["ci95"][0] == 0
+    assert losses["ci95"][1] == pytest.approx(3.689 / metrics["lease_hours"]["value"], rel=1e-3)
+    for name, entry in metrics.items():
+        low = entry["ci95"][0]
+        assert low is None or low >= 0, name

@@ -1,10 +1,12 @@
 """``leasekit replay``: what a recorded trace says about other TTLs and policies.
 
-For each TTL: the server expiries (and so false losses) that the trace's
-arrivals would have caused, with bounds; the network fitted to the trace;
-and with ``--policy``, what another policy does on a trace-driven network
-in the simulator. Bad files exit with code 2 and a message naming path,
-line and field.
+For each TTL: the leases that the trace's arrivals would have lost (false
+losses, as the metrics glossary defines them: one per lease) with bounds and
+a 95% interval, and the gaps that would have expired; the network fitted to
+the trace; and with ``--policy``, what another policy does on a
+trace-driven network in the simulator, under the same metric names. Bad
+files, and traces too short to simulate, exit with code 2 and a message
+naming what was wrong.
 """
 
 from __future__ import annotations
@@ -43,14 +45,26 @@ def _policy(text: str) -> str:
     return text
 
 
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of hours, got {text!r}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "replay",
         help="what-if TTLs, a fitted network and other policies, from a recorded trace",
         description=(
             "Read a heartbeat trace (leasekit JSON Lines, CSV, OTLP/JSON or the OpenTelemetry "
-            "console exporter's JSON), and for each TTL report the server expiries its arrivals "
-            "would have caused, with bounds for what a client trace cannot see."
+            "console exporter's JSON), and for each TTL report the leases its arrivals would "
+            "have lost (false losses per lease-hour, the metrics glossary's meaning), with "
+            "bounds for what a client trace cannot see and a 95% interval. Metric names and "
+            "intervals: docs/metrics.md."
         ),
     )
     parser.add_argument("trace", metavar="TRACE", help="the trace file")
@@ -67,7 +81,14 @@ def register(subparsers: Any) -> None:
         action="append",
         metavar="SPEC",
         help="also simulate this policy on the trace's network (sdk, leasekit, "
-        "fixed:interval=S); repeatable",
+        "fixed:interval=S) and report its metrics with 95%% intervals; repeatable",
+    )
+    parser.add_argument(
+        "--hours",
+        type=_hours,
+        metavar="H",
+        help="simulated hours per run with --policy (default: the trace's own length, "
+        "shared by the simulated workers); longer runs go round the trace's network again",
     )
     parser.add_argument("--format", choices=FORMATS, help="the trace's format (default: detect)")
     parser.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
@@ -110,6 +131,7 @@ def _simulated_rows(
                 ttl_seconds=ttl,
                 seed=args.seed,
                 replications=args.replications,
+                hours=args.hours,
             )
             rows.append({"ttl_seconds": ttl, "policy": spec, **result})
     return rows
@@ -126,6 +148,13 @@ def run(args: argparse.Namespace) -> int:
         print("leasekit replay: --replications must be >= 1", file=sys.stderr)
         return 2
     table = what_if_ttl(attempts, args.ttl)
+    if not len(table) or table["leases"].iloc[0] == 0:
+        print(
+            f"leasekit replay: {args.trace}: no lease to replay (no attempt was answered 200, "
+            f"so no lease was ever held); {len(attempts)} attempts read",
+            file=sys.stderr,
+        )
+        return 2
     try:
         fit: NetworkFit | None = fit_network(attempts)
     except ValueError:
@@ -140,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         "format": format,
         "attempts": len(attempts),
         "leases": int(table["leases"].iloc[0]) if len(table) else 0,
-        "lease_hours": float(table["lease_hours"].iloc[0]) if len(table) else 0.0,
+        "lease_hours": float(table["trace_lease_hours"].iloc[0]) if len(table) else 0.0,
     }
     rows = [{"policy": "trace", **row} for row in table.to_dict(orient="records")]
     if args.out is not None:
@@ -178,27 +207,47 @@ def _print_text(
     else:
         print(
             f"network: round trip mean {fit.rtt.mean * 1e3:.1f} ms, best fit "
-            f"{fit.rtt_best.spec}; loss {fit.loss_rate:.2%} (request {fit.request_loss:.2%}, "
-            f"answer {fit.answer_loss:.2%}), mean burst {fit.mean_burst:.2f} attempts"
+            f"{fit.rtt_best.spec}; "
+            + (
+                "no loss"
+                if fit.loss_rate == 0
+                else f"loss {fit.loss_rate:.2%} (request {fit.request_loss:.2%}, "
+                f"answer {fit.answer_loss:.2%}), mean burst {fit.mean_burst:.2f} attempts"
+            )
         )
     print()
-    print("what-if TTL: server expiries the trace's arrivals would have caused")
-    print(f"{'TTL s':>6} {'expiries [low, high]':>22} {'false losses/lease-hour [low, high]':>38}")
+    print("what-if TTL: leases the trace's arrivals would have lost (one false loss per lease)")
+    print(
+        f"{'TTL s':>6} {'expiring gaps [low, high]':>26} {'lost leases [low, high]':>24} "
+        f"{'false losses/lease-hour [low, high] (95% CI)':>52}"
+    )
     for row in table.itertuples(index=False):
-        counts = f"{row.expiries} [{row.expiries_low}, {row.expiries_high}]"
+        gaps = f"{row.expiring_gaps} [{row.expiring_gaps_low}, {row.expiring_gaps_high}]"
+        lost = f"{row.false_losses} [{row.false_losses_low}, {row.false_losses_high}]"
         rates = (
             f"{row.false_losses_per_lease_hour:.3g} [{row.false_losses_per_lease_hour_low:.3g}, "
-            f"{row.false_losses_per_lease_hour_high:.3g}]"
+            f"{row.false_losses_per_lease_hour_high:.3g}] "
+            f"({row.false_losses_per_lease_hour_ci95_low:.3g}-"
+            f"{row.false_losses_per_lease_hour_ci95_high:.3g})"
         )
-        print(f"{row.ttl_seconds:>6} {counts:>22} {rates:>38}")
+        print(f"{row.ttl_seconds:>6} {gaps:>26} {lost:>24} {rates:>52}")
     if simulated:
         print()
-        print("simulated on the trace's network")
-        header = ("policy", "TTL s", "false losses/lease-hour", "expiries/lease-hour")
-        print(f"{header[0]:>24} {header[1]:>6} {header[2]:>24} {header[3]:>20}")
+        print("simulated on the trace's network (95% CI)")
+        header = (
+            "policy",
+            "TTL s",
+            "lease-hours",
+            "false losses/lease-hour",
+            "expiries/lease-hour",
+        )
+        print(f"{header[0]:>24} {header[1]:>6} {header[2]:>12} {header[3]:>30} {header[4]:>30}")
         for sim in simulated:
+            cells = [
+                f"{sim[name]:.3g} ({sim[name + '_ci95_low']:.3g}-{sim[name + '_ci95_high']:.3g})"
+                for name in ("false_losses_per_lease_hour", "server_expiries_per_lease_hour")
+            ]
             print(
-                f"{sim['policy']:>24} {sim['ttl_seconds']:>6} "
-                f"{sim['false_losses_per_lease_hour']:>24.3g} "
-                f"{sim['server_expiries_per_lease_hour']:>20.3g}"
+                f"{sim['policy']:>24} {sim['ttl_seconds']:>6} {sim['lease_hours']:>12.3g} "
+                f"{cells[0]:>30} {cells[1]:>30}"
             )

@@ -19,10 +19,13 @@
 
 The simulated fleet has ``W`` workers (one per lease of the trace, but
 fewer when that would make runs shorter than 10 minutes) and as many work
-items; each run lasts ``T / W`` seconds and worker ``i`` lives on the
-timeline from ``i * T / W`` on, so together the workers go through the
-trace's network exactly once, whatever the leases' lengths. Workers meet
-their outages independently, as the trace's leases did.
+items; by default each run lasts ``T / W`` seconds and worker ``i`` lives
+on the timeline from ``i * T / W`` on, so together the workers go through
+the trace's network exactly once, whatever the leases' lengths. Asked for
+longer runs (``hours``), each worker goes round the timeline again from
+where it started. Workers meet their outages independently, as the trace's
+leases did. Metrics are the glossary's (:mod:`leasekit.metrics`), pooled
+over the replications with their 95% intervals.
 """
 
 from __future__ import annotations
@@ -168,30 +171,50 @@ def simulate_on_trace(
     ttl_seconds: int,
     seed: int = 1,
     replications: int = 5,
+    hours: float | None = None,
 ) -> dict[str, Any]:
     """Simulate ``policy`` (a :func:`~leasekit.policy.make_policy` spec) with a server
     TTL of ``ttl_seconds`` on the trace's network (see the module docstring).
 
-    Returns, for each of ``false_losses_per_lease_hour``,
+    Each run lasts ``hours`` of simulated time (default: the trace's own
+    timeline shared by the workers, ``T / W``); longer runs go round the
+    trace's timeline again. Returns ``replications``, ``workers``,
+    ``run_hours`` (simulated hours per run), ``lease_hours`` (held lease time
+    pooled over the runs) and, for each of ``false_losses_per_lease_hour``,
     ``server_expiries_per_lease_hour``, ``precondition_failures_per_lease_hour``,
     ``split_brain_seconds_per_lease_hour`` and ``requests_per_lease_second``,
-    the mean over ``replications`` runs (:func:`leasekit.sim.replicate` from
-    ``seed``) and its 95% t-interval as ``NAME_ci95``; plus ``lease_hours`` (mean)
-    and ``replications``. Raises :class:`ValueError` for a trace without a held
-    lease or an answered attempt.
+    its value pooled over ``replications`` runs (:func:`leasekit.sim.replicate`
+    from ``seed``) with its 95% interval as ``NAME_ci95_low``/``NAME_ci95_high``
+    (the glossary's meaning and interval, :data:`leasekit.metrics.METRICS`).
+
+    Raises :class:`ValueError` for a trace without a held lease or an
+    answered attempt, for a run shorter than two TTLs (a lease cannot even
+    expire in it: pass a longer ``hours``), and when the runs held no lease.
     """
     from ..sim import Network, Scenario, Server, Streams, Workers, replicate
 
     held = [lease for lease in leases(attempts) if len(lease)]
     if not held:
         raise ValueError("the trace holds no lease to replay")
+    if hours is not None and not (hours > 0 and math.isfinite(hours)):
+        raise ValueError(f"hours: expected a positive number, got {hours!r}")
     timeline = _concatenate([_timeline(lease) for lease in held])
     workers = max(1, min(len(held), math.floor(timeline.length_s / _MIN_RUN_S)))
+    duration_s = timeline.length_s / workers if hours is None else hours * 3600.0
+    if duration_s < 2 * ttl_seconds:
+        raise ValueError(
+            f"the trace is too short to simulate TTL {ttl_seconds} s: each run would last "
+            f"{duration_s:.4g} s (its {timeline.length_s:.4g} s timeline over {workers} "
+            f"worker(s)), less than two TTLs; ask for longer runs (hours)"
+            if hours is None
+            else f"runs of {duration_s:.4g} s are too short to simulate TTL {ttl_seconds} s "
+            "(less than two TTLs); ask for longer runs (hours)"
+        )
     answered = attempts["status"].notna() & attempts["received_s"].notna()
     round_trips = (attempts.loc[answered, "received_s"] - attempts.loc[answered, "sent_s"]).tolist()
     scenario = Scenario(
         name="trace replay",
-        duration_s=timeline.length_s / workers,
+        duration_s=duration_s,
         seed=seed,
         workers=Workers(count=workers, policy=policy, start_spread_s=0.0),
         server=Server(
@@ -206,12 +229,21 @@ def simulate_on_trace(
         return TraceNetwork(round_trips, timeline, workers, streams.rng("network.trace"))
 
     estimates = replicate(scenario, replications, seed=seed, network=factory).estimates()
+    lease_hours = estimates["lease_hours"].value
+    if not lease_hours > 0:
+        raise ValueError(
+            f"{policy} held no lease in {replications} simulated run(s) of {duration_s:.4g} s "
+            "on the trace's network; ask for longer runs (hours)"
+        )
     result: dict[str, Any] = {
         "replications": replications,
-        "lease_hours": estimates["lease_hours"].value,
+        "workers": workers,
+        "run_hours": duration_s / 3600.0,
+        "lease_hours": lease_hours,
     }
     for name in _REPORTED:
         estimate = estimates[name]
         result[name] = estimate.value
-        result[f"{name}_ci95"] = [estimate.low, estimate.high]
+        result[f"{name}_ci95_low"] = estimate.low
+        result[f"{name}_ci95_high"] = estimate.high
     return result

@@ -49,11 +49,12 @@ def load_any_trace(path: str | Path, format: str | None = None) -> pd.DataFrame:
 
     ``format`` is one of :data:`FORMATS` or ``None`` to detect it from the
     content: a first line that is a leasekit header is ``jsonl``; a first
-    line holding a JSON object with ``resourceSpans`` is ``otlp`` (the
-    collector's file exporter: one ``ExportTraceServiceRequest`` a line); a
-    first line ``{`` alone starts the pretty-printed objects of
-    ``otel-console`` (the OpenTelemetry Python SDK's ``ConsoleSpanExporter``);
-    a first line of comma-separated column names is ``csv``.
+    JSON value with ``resourceSpans`` is ``otlp`` (an
+    ``ExportTraceServiceRequest``: one compact object a line as the
+    collector's file exporter writes them, or one pretty-printed document);
+    other pretty-printed objects are ``otel-console`` (the OpenTelemetry
+    Python SDK's ``ConsoleSpanExporter``); a first line of comma-separated
+    column names is ``csv``.
 
     The table has the columns of :class:`leasekit.trace.Trace` ``.attempts``;
     ``sent_s``/``received_s`` are seconds since the earliest send when the
@@ -97,7 +98,7 @@ def detect_format(path: str | Path) -> str:
     if not first:
         raise TraceError(name, 1, None, "empty file: no trace to read")
     if first == "{" or first == "[":
-        return "otel-console"
+        return _detect_pretty(name)
     if first.startswith("{"):
         try:
             body = json.loads(first)
@@ -126,6 +127,57 @@ def detect_format(path: str | Path) -> str:
         None,
         f"cannot tell the format (expected one of {', '.join(FORMATS)}); name it with --format",
     )
+
+
+def _is_otlp(body: Any) -> bool:
+    """Whether a JSON value is an OTLP ``ExportTraceServiceRequest`` (or a list of them)."""
+    if isinstance(body, list):
+        return bool(body) and _is_otlp(body[0])
+    return isinstance(body, dict) and ("resourceSpans" in body or "resource_spans" in body)
+
+
+def _detect_pretty(path: str) -> str:
+    """A file that starts with a JSON value spread over lines: a pretty-printed
+    OTLP/JSON export (``otlp``) when that value is an ``ExportTraceServiceRequest``,
+    else the console exporter's span objects (``otel-console``)."""
+    try:
+        values = _json_values(path, _read_text(path), limit=1)
+    except (TraceError, UnicodeDecodeError):
+        return "otel-console"  # broken JSON or text: its reader names the line
+    return "otlp" if values and _is_otlp(values[0][1]) else "otel-console"
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise TraceError(path, 0, None, f"cannot read: {error.strerror}") from None
+
+
+def _json_values(path: str, text: str, limit: int | None = None) -> list[tuple[int, Any]]:
+    """The JSON values of ``text`` one after another, whatever their layout (one
+    compact value a line, or pretty-printed over many), each with the line
+    where it starts. A value cut short by the end of the file is reported at
+    the line where it starts; any other syntax error at its own line."""
+    decoder = json.JSONDecoder()
+    values: list[tuple[int, Any]] = []
+    position = 0
+    end = len(text.rstrip())
+    while limit is None or len(values) < limit:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position >= len(text):
+            break
+        line = text.count("\n", 0, position) + 1
+        try:
+            body, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            where = line if error.pos >= end else error.lineno
+            raise TraceError(
+                path, where, None, f"not valid JSON ({error.msg} at column {error.colno})"
+            ) from None
+        values.append((line, body))
+    return values
 
 
 # --------------------------------------------------------------------------- rows
@@ -474,28 +526,18 @@ def _list(path: str, line: int, where: str, body: Mapping[str, Any], *keys: str)
 
 
 def _read_otlp(path: str) -> pd.DataFrame:
-    """One ``ExportTraceServiceRequest`` (OTLP/JSON) a line, as the collector's
-    file exporter writes it: ``resourceSpans[].scopeSpans[].spans[]``, with
-    times as strings of Unix nanoseconds and ``status.code`` an integer (or
-    its enum name, as the protobuf JSON mapping prints it)."""
+    """OTLP/JSON ``ExportTraceServiceRequest`` objects: one compact object a line,
+    as the collector's file exporter writes them, or pretty-printed over many
+    lines (a JSON array of them is read too): ``resourceSpans[].scopeSpans[].spans[]``,
+    with times as strings of Unix nanoseconds and ``status.code`` an integer
+    (or its enum name, as the protobuf JSON mapping prints it). The line of a
+    span is the line where its request object starts."""
     spans: list[_Span] = []
-    try:
-        file = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError as error:
-        raise TraceError(path, 0, None, f"cannot read: {error.strerror}") from None
-    with file:
-        for number, text in enumerate(file, start=1):
-            if not text.strip():
-                continue
-            try:
-                body = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise TraceError(
-                    path, number, None, f"not valid JSON ({error.msg} at column {error.colno})"
-                ) from None
-            if not isinstance(body, dict):
+    for number, body in _json_values(path, _read_text(path)):
+        for item in body if isinstance(body, list) else [body]:
+            if not isinstance(item, dict):
                 raise TraceError(path, number, None, "expected a JSON object")
-            spans.extend(_otlp_request_spans(path, number, body))
+            spans.extend(_otlp_request_spans(path, number, item))
     return _spans_to_attempts(path, spans)
 
 
@@ -570,26 +612,9 @@ def _read_console(path: str) -> pd.DataFrame:
     ``end_time`` as ISO strings, ``status.status_code``, ``attributes`` a flat
     object, ``resource.attributes``). A JSON array of such objects is read too.
     The line of a span is the line where its object starts."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise TraceError(path, 0, None, f"cannot read: {error.strerror}") from None
-    decoder = json.JSONDecoder()
     spans: list[_Span] = []
     objects: list[tuple[int, Any]] = []
-    position = 0
-    while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position >= len(text):
-            break
-        line = text.count("\n", 0, position) + 1
-        try:
-            body, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as error:
-            raise TraceError(
-                path, error.lineno, None, f"not valid JSON ({error.msg} at column {error.colno})"
-            ) from None
+    for line, body in _json_values(path, _read_text(path)):
         if isinstance(body, list):
             objects.extend((line, item) for item in body)
         else:

@@ -14,7 +14,10 @@ client.
   its ``metrics`` (this run's values of :func:`leasekit.metrics.summarize`)
   and, with ``events=True``, its event log (``events``, columns
   :data:`EVENT_COLUMNS`).
-* :func:`replicate` runs many seeds (optionally in processes).
+* :func:`replicate` runs many seeds (optionally in processes) and pools
+  what they counted into every metric with its 95% interval
+  (:meth:`Replications.estimates`, made by :func:`leasekit.metrics.summarize`:
+  exact Poisson on pooled counts for rates, never a t-interval over seeds).
 * :class:`NetworkModel` is the interface of the network: pass any factory
   ``(scenario, streams) -> NetworkModel`` as ``network=`` to replace the
   scenario's delays and losses (a trace-driven network, for instance).
@@ -23,23 +26,24 @@ client.
   :class:`SimWorker` s) without touching the engine.
 
 Every metric name is defined once, in :data:`leasekit.metrics.METRICS`
-(``docs/metrics.md``); the simulator's exact definitions (what counts as
-held, as a false loss of each cause, as a split-brain or double-holder
-episode) are in ``leasekit/sim/_monitor.py``'s docstring.
+(``docs/metrics.md``: each metric's definition, unit and interval); the
+simulator's exact definitions (what counts as held, as a false loss of each
+cause, as a split-brain or double-holder episode) are in
+``leasekit/sim/_monitor.py``'s docstring.
 """
 
+from ..metrics import Estimate
 from ._engine import ENVIRONMENT_ID, EPOCH_US, Engine, SimWorker
 from ._monitor import EVENT_COLUMNS
 from ._network import NetworkFactory, NetworkModel, ScenarioNetwork, Streams
 from ._run import (
-    Estimate,
     Replications,
     RunResult,
     replicate,
     replication_seed,
     simulate,
-    t_interval,
 )
+from ._run import t_interval as t_interval  # deprecated, not in __all__
 from ._scenario import (
     Burst,
     Crashes,
@@ -88,6 +92,5 @@ __all__ = [
     "replication_seed",
     "scenario_from_dict",
     "simulate",
-    "t_interval",
     "with_overrides",
 ]

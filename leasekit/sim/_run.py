@@ -1,15 +1,24 @@
-"""Runs and replications: one seed, or many seeds with 95% t-intervals."""
+"""Runs and replications: one seed, or many seeds pooled into the glossary's metrics.
+
+Each run counts what happened as a :class:`leasekit.metrics.Totals`; many runs
+pool their totals and :func:`leasekit.metrics.summarize` gives every metric
+with its 95% interval (exact Poisson on pooled counts for rates; see
+``docs/metrics.md``).
+"""
 
 from __future__ import annotations
 
 import math
 import random
 import statistics
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-from ..metrics import Totals, summarize
+from scipy import stats
+
+from ..metrics import METRICS, Estimate, Totals, summarize
 from ._engine import Engine
 from ._monitor import events_frame
 from ._network import NetworkFactory
@@ -19,13 +28,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "Estimate",
     "Replications",
     "RunResult",
     "replicate",
     "replication_seed",
     "simulate",
-    "t_interval",
 ]
 
 
@@ -115,79 +122,83 @@ def replication_seed(base_seed: int, index: int) -> int:
     return random.Random(f"leasekit-replication:{base_seed}:{index}").getrandbits(62)
 
 
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
-_T95: Final = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
-
 def _t95(df: int) -> float:
-    if df <= 30:
-        return _T95[df - 1]
-    z = 1.959964
-    # Cornish-Fisher expansion of the t quantile; within 1e-4 above 30 d.f.
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over replications with its 95% t-interval (``nan`` when unknown)."""
-
-    value: float
-    low: float
-    high: float
-    n: int
+    return float(stats.t.ppf(0.975, df))
 
 
 def t_interval(values: Sequence[float]) -> Estimate:
-    """Mean and 95% Student-t interval of the finite ``values`` (NaNs skipped)."""
+    """Deprecated: the mean of ``values`` with a 95% Student-t interval over seeds.
+
+    Kept only for callers not yet moved to :func:`leasekit.metrics.summarize`,
+    which gives rates and counts intervals made for counts (a t-interval over
+    seeds goes negative at rare events and collapses to ``[0, 0]`` at none).
+    Not part of :mod:`leasekit.sim`'s public surface.
+    """
+    warnings.warn(
+        "leasekit.sim.t_interval is deprecated: use leasekit.metrics.summarize",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
-        return Estimate(math.nan, math.nan, math.nan, 0)
+        return Estimate(math.nan, math.nan, math.nan, "t", 0)
     mean = statistics.fmean(finite)
     if len(finite) < 2:
-        return Estimate(mean, math.nan, math.nan, 1)
+        return Estimate(mean, math.nan, math.nan, "t", 1)
     half = _t95(len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))
-    return Estimate(mean, mean - half, mean + half, len(finite))
+    return Estimate(mean, mean - half, mean + half, "t", len(finite))
 
 
 @dataclass(frozen=True)
 class Replications:
     """Many runs of one scenario: per-run ``runs`` (a DataFrame, one row per
-    seed), :meth:`estimates` over them, and the ``first`` run kept whole."""
+    seed, each run's own metrics), each run's :class:`~leasekit.metrics.Totals`
+    (``totals``, in seed order), :meth:`estimates` pooled over them, and the
+    ``first`` run kept whole."""
 
     scenario: Scenario
     runs: pd.DataFrame
     first: RunResult | None
+    totals: tuple[Totals, ...] = ()
 
     @property
     def heartbeats_sent(self) -> int:
         return int(self.runs["heartbeats_sent"].sum())
 
     def estimates(self) -> dict[str, Estimate]:
-        """Every metric's mean over the runs with its 95% t-interval."""
-        names = [c for c in self.runs.columns if c not in ("seed", "heartbeats_sent")]
-        return {name: t_interval(self.runs[name].tolist()) for name in names}
+        """Every metric of the glossary (:data:`leasekit.metrics.METRICS`), pooled
+        over the runs by :func:`leasekit.metrics.summarize`: rates get the exact
+        Poisson interval on the pooled counts, never a t-interval over seeds."""
+        return summarize(self.totals)
 
     def summary(self) -> pd.DataFrame:
-        """The estimates as a table: ``metric``, ``value``, ``ci95_low``, ``ci95_high``, ``n``."""
+        """The estimates as a table: ``metric``, ``value``, ``ci95_low``,
+        ``ci95_high``, ``interval`` (a key of :data:`leasekit.metrics.INTERVALS`)
+        and ``unit``."""
         import pandas as pd
 
         return pd.DataFrame(
             [
-                {"metric": k, "value": e.value, "ci95_low": e.low, "ci95_high": e.high, "n": e.n}
-                for k, e in self.estimates().items()
-            ]
+                {
+                    "metric": name,
+                    "value": e.value,
+                    "ci95_low": e.low,
+                    "ci95_high": e.high,
+                    "interval": e.method,
+                    "unit": METRICS[name].unit,
+                }
+                for name, e in self.estimates().items()
+            ],
+            columns=["metric", "value", "ci95_low", "ci95_high", "interval", "unit"],
         )
 
 
-def _one(
-    scenario: Scenario, seed: int, network: NetworkFactory | None, keep: bool
-) -> tuple[dict[str, float], int, list[tuple[Any, ...]]]:
+_Outcome = tuple[dict[str, float], int, Totals, list[tuple[Any, ...]]]
+
+
+def _one(scenario: Scenario, seed: int, network: NetworkFactory | None, keep: bool) -> _Outcome:
     result = simulate(scenario, seed=seed, network=network, events=keep)
-    return result.metrics, result.heartbeats_sent, result.rows if keep else []
+    return result.metrics, result.heartbeats_sent, result.totals, result.rows if keep else []
 
 
 def replicate(
@@ -211,7 +222,7 @@ def replicate(
         raise ValueError(f"replications must be >= 1, got {replications}")
     base = scenario.seed if seed is None else seed
     seeds = [replication_seed(base, i) for i in range(replications)]
-    outcomes: dict[int, tuple[dict[str, float], int, list[tuple[Any, ...]]]] = {}
+    outcomes: dict[int, _Outcome] = {}
     if processes > 1 and replications > 1:
         with ProcessPoolExecutor(max_workers=min(processes, replications)) as pool:
             futures = {
@@ -229,11 +240,17 @@ def replicate(
                     progress((i + fraction) / replications)
 
             result = simulate(scenario, seed=s, network=network, progress=part, events=i == 0)
-            outcomes[i] = (result.metrics, result.heartbeats_sent, result.rows if i == 0 else [])
+            outcomes[i] = (
+                result.metrics,
+                result.heartbeats_sent,
+                result.totals,
+                result.rows if i == 0 else [],
+            )
     rows = []
     for i, s in enumerate(seeds):
-        metrics, sent, _ = outcomes[i]
+        metrics, sent, _, _ = outcomes[i]
         rows.append({"seed": s, "heartbeats_sent": sent, **metrics})
-    metrics0, sent0, rows0 = outcomes[0]
-    first = RunResult(scenario, seeds[0], metrics0, sent0, rows=rows0)
-    return Replications(scenario, pd.DataFrame(rows), first)
+    metrics0, sent0, totals0, rows0 = outcomes[0]
+    first = RunResult(scenario, seeds[0], metrics0, sent0, totals=totals0, rows=rows0)
+    totals = tuple(outcomes[i][2] for i in range(replications))
+    return Replications(scenario, pd.DataFrame(rows), first, totals)
