@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Final
 
 # module name under leasekit._cli, in the order `leasekit --help` lists them
-_COMMANDS = ("demo", "diagram", "serve", "keep", "replay", "simulate")
+_COMMANDS = ("demo", "diagram", "serve", "keep", "replay", "simulate", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
