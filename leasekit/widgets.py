@@ -63,8 +63,14 @@ POLICIES: Final = ("sdk", "leasekit", "fixed")
 """Heartbeat policies the explorer offers: the official worker's, leasekit's, and
 the textbook fixed-interval heartbeat (every ``beat_fraction`` of the TTL)."""
 
-ENGINES: Final = ("simpy",)
-"""Engines the explorer can run, by the names ``leasekit simulate --engine`` takes."""
+ENGINES: Final = ("simpy", "fast", "analytic")
+"""Engines the explorer can run, by the names ``leasekit simulate --engine`` takes:
+the SimPy simulator (every metric, and an event log to draw), the rare-event
+engine (false-loss and server-expiry rates SimPy cannot see) and the closed
+forms (the ``fixed`` policy on independent loss; instant)."""
+
+FAST_OPTIONS: Final = {"rel_halfwidth": 0.2, "max_seconds": 30.0}
+"""The fast engine's stopping rule in the explorer: a 95% interval of ±20%, or 30 s."""
 
 _INSTANT_ENGINES: Final = frozenset({"analytic"})
 """Engines that answer well under a second: the explorer redraws on every change."""
@@ -299,9 +305,38 @@ def _run_simpy(settings: ExplorerSettings, progress: Callable[[float], None] | N
     return Exploration(settings, rates, events)
 
 
+def _run_rare(settings: ExplorerSettings, progress: Callable[[float], None] | None) -> Exploration:
+    """The rare-event engines: one lease's life (:func:`leasekit.study.false_loss_view`)."""
+    from .study import estimate, false_loss_view
+
+    answer = estimate(
+        false_loss_view(settings.scenario()),
+        engine=settings.engine,
+        seed=settings.seed,
+        options=FAST_OPTIONS if settings.engine == "fast" else None,
+        progress=_Progress(progress) if progress is not None else None,
+    )
+    rates = {
+        name: (e.value, e.low, e.high) for name, e in answer.metrics.items() if name in dict(_RATES)
+    }
+    return Exploration(settings, rates)
+
+
+class _Progress:
+    """A tqdm-like bar for :func:`leasekit.study.estimate` that reports fractions."""
+
+    def __init__(self, report: Callable[[float], None]) -> None:
+        self.report = report
+        self.n = 0.0
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        self.report(self.n)
+
+
 _RUNNERS: Final[
     Mapping[str, Callable[[ExplorerSettings, Callable[[float], None] | None], Exploration]]
-] = {"simpy": _run_simpy}
+] = {"simpy": _run_simpy, "fast": _run_rare, "analytic": _run_rare}
 
 
 def run_settings(
@@ -559,7 +594,7 @@ class Explorer:
         """Run the current settings and show the figure in the output area.
 
         Returns the figure, or ``None`` (with the reason in the status line)
-        when the settings are inconsistent.
+        when the settings are inconsistent or the engine refuses them.
         """
         import matplotlib.pyplot as plt
         from IPython.display import display
@@ -574,6 +609,11 @@ class Explorer:
         self.run_button.disabled = True
         try:
             figure = self._draw(settings, progress=self._progress)
+        except (ValueError, RuntimeError) as error:
+            # an engine that does not model these settings (ValueError) or cannot
+            # estimate them (the fast engine's UnreliableEstimate) says why
+            self.status.value = f"<span style='color:#b00'>{error}</span>"
+            return None
         finally:
             self.run_button.disabled = self.instant
         self.progress.value = 1.0

@@ -211,3 +211,45 @@ def test_the_real_explorer_runs_small_settings() -> None:
     assert figure is not None and explorer.last_settings is not None
     assert explorer.last_settings.ttl_seconds == 25
     assert figure._suptitle.get_text() == explorer.last_settings.summary()
+
+
+def test_the_rare_event_engine_draws_its_rates_alone() -> None:
+    settings = dataclasses.replace(SMALL, engine="fast", policy="sdk", request_loss=0.01)
+    explorer = Explorer(draw=_Recorder())
+    explorer.controls["engine"].value = "fast"
+    explorer.run_button.click()  # seconds, not instant: still a Run button
+    assert explorer.last_settings is not None and explorer.last_settings.engine == "fast"
+    fig = explore(settings)
+    assert len(fig.axes) == 1  # no event log, no timeline
+    assert fig.axes[0].get_xlabel() == "events per lease-hour (1/h), 95% interval"
+
+
+def test_an_engine_that_refuses_the_settings_says_why() -> None:
+    def refuse(settings: ExplorerSettings, *, progress: Any = None) -> plt.Figure:
+        raise ValueError("fast engine: workers.pauses.duration is not modelled")
+
+    explorer = Explorer(draw=refuse)
+    assert explorer.run() is None
+    assert "not modelled" in explorer.status.value and explorer.runs == 0
+
+
+def test_the_closed_forms_are_instant_and_refuse_what_they_do_not_model() -> None:
+    fixed = dataclasses.replace(
+        SMALL,
+        engine="analytic",
+        policy="fixed",
+        beat_fraction=0.4,
+        request_loss=0.1,
+        answer_loss=0.0,
+        delay="const",
+        delay_spread_s=0.0,
+    )
+    recorder = _Recorder()
+    explorer = Explorer(fixed, draw=recorder)
+    assert explorer.instant and explorer.run_button.disabled
+    explorer.controls["request_loss"].value = 0.05
+    assert recorder.calls[-1].request_loss == 0.05  # redrawn on the change, no button
+    fig = explore(recorder.calls[-1])
+    assert len(fig.axes) == 1
+    refused = Explorer(dataclasses.replace(fixed, policy="sdk"))
+    assert refused.run() is None and refused.status.value  # the reason is shown
