@@ -631,6 +631,7 @@ def estimate(
     seed: int | None = None,
     rel_halfwidth: float = 0.1,
     max_seconds: float = 60.0,
+    max_cycles: int | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> EngineResult:
     """False-loss and server-expiry rates per lease-hour of ``scenario``'s
@@ -640,8 +641,10 @@ def estimate(
     ``rel_halfwidth`` of the estimate (relative half-width), checked every
     1,000 tilted segments, or until ``max_seconds`` of wall time (then the
     result depends on the machine's speed: ``diagnostics["stopped_by_time"]``
-    is 1). ``seed`` defaults to the scenario's; the same seed gives the same
-    numbers. ``progress`` gets the fraction done.
+    is 1). ``max_cycles`` replaces the time limit by a budget of tilted
+    segments (cycles), so that a budgeted estimate is the same on every
+    machine: studies use it. ``seed`` defaults to the scenario's; the same
+    seed gives the same numbers. ``progress`` gets the fraction done.
 
     ``workers.count`` and ``duration_s`` only size the brute-force run the
     scenario describes (``lease_hours``, and the diagnostics comparing costs).
@@ -653,6 +656,8 @@ def estimate(
     began = time.perf_counter()
     if not 0 < rel_halfwidth < 1:
         raise ValueError(f"rel_halfwidth must be in (0, 1), got {rel_halfwidth}")
+    if max_cycles is not None and max_cycles < 2 * _BATCH:
+        raise ValueError(f"max_cycles must be at least {2 * _BATCH}, got {max_cycles}")
     check_one_lease(scenario, "fast")
     try:
         make_policy(scenario.workers.policy)
@@ -663,6 +668,10 @@ def estimate(
 
     def elapsed() -> float:
         return time.perf_counter() - began
+
+    def out_of_time(fraction: float = 1.0) -> bool:
+        # a cycle budget makes the stopping point independent of the machine
+        return max_cycles is None and elapsed() > max_seconds * fraction
 
     done = [0.0]
 
@@ -710,7 +719,7 @@ def estimate(
             report(min(0.2, 0.2 * rounds / _CE_ROUNDS))
             if final and change < 0.1:
                 break
-            if elapsed() > max_seconds / 3:
+            if out_of_time(1 / 3):
                 break
 
     net = _Net(scenario, tilt, runner.branch_rng)
@@ -731,7 +740,9 @@ def estimate(
             break
         if not _tiltable(scenario) and n >= 4 * _BATCH:
             break
-        if elapsed() > max_seconds:
+        if max_cycles is not None and n >= max_cycles:
+            break
+        if out_of_time():
             stopped_by_time = True
             break
     result = _result(scenario, runner, sample, tilt, rounds, stopped_by_time, rel_halfwidth)

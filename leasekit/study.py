@@ -279,7 +279,7 @@ def estimate(
 
     ``simpy``: ``replications`` runs pooled (:func:`pool_runs`), wherever
     they run. ``fast``: :func:`leasekit.fast.estimate` with ``seed`` and
-    ``options`` (``rel_halfwidth``, ``max_seconds``). ``analytic``:
+    ``options`` (``rel_halfwidth``, ``max_cycles``, ``max_seconds``). ``analytic``:
     :func:`leasekit.analytic.estimate`. Raises ``UnsupportedScenario`` (a
     ``ValueError`` naming the field) when the engine does not model the scenario.
     """
@@ -501,7 +501,7 @@ _STUDY_KEYS: Final = {
     "engines": "engines to run: simpy, fast, analytic",
     "run": "fields set on every network's scenario (e.g. workers, hours)",
     "grid": "fields to sweep: policy and ttl_seconds at least",
-    "fast": "options of the fast engine (rel_halfwidth, max_seconds)",
+    "fast": "options of the fast engine (rel_halfwidth, max_cycles, max_seconds)",
     "networks": "label = scenario file, relative to the study file",
 }
 
@@ -550,8 +550,12 @@ def load_study(path: str | Path) -> Study:
         raise fail("engines", "give at least one engine")
     fast_options = dict(typed("fast", dict, {}))
     for key, value in fast_options.items():
-        if key not in ("rel_halfwidth", "max_seconds"):
-            raise fail(f"fast.{key}", "unknown option (known: max_seconds, rel_halfwidth)")
+        if key not in ("rel_halfwidth", "max_seconds", "max_cycles"):
+            raise fail(
+                f"fast.{key}", "unknown option (known: max_cycles, max_seconds, rel_halfwidth)"
+            )
+        if key == "max_cycles" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise fail(f"fast.{key}", f"expected a whole number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise fail(f"fast.{key}", f"expected a number > 0, got {value!r}")
     run = dict(typed("run", dict, {}))

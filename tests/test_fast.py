@@ -200,6 +200,18 @@ def test_the_same_seed_gives_the_same_numbers() -> None:
     assert c.metrics != a.metrics
 
 
+def test_a_cycle_budget_stops_at_the_same_point_whatever_the_time_allowed() -> None:
+    # a time limit makes the stopping point depend on the machine; a cycle budget does not
+    sc = SHARED["sdk-pauses"]
+    a = fast.estimate(sc, seed=5, rel_halfwidth=0.01, max_cycles=3000, max_seconds=1e-9)
+    b = fast.estimate(sc, seed=5, rel_halfwidth=0.01, max_cycles=3000, max_seconds=1e9)
+    assert a.metrics == b.metrics
+    assert a.diagnostics["cycles"] == b.diagnostics["cycles"] == 3000
+    assert a.diagnostics["stopped_by_time"] == 0
+    with pytest.raises(ValueError, match="max_cycles"):
+        fast.estimate(sc, seed=5, max_cycles=10)
+
+
 @pytest.mark.parametrize(
     "spec",
     ["uniform:0.1,0.5", "exp:0.2", "shiftexp:0.05,0.2", "lognormal:-2,0.8", "pareto:0.01,2.5"],
