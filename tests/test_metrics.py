@@ -199,3 +199,10 @@ def test_docs_protocol_md_stands_alone() -> None:
     assert "leasekit's reference semantics" in text and "hosted service may differ" in text
     assert "### The local deadline" in text and "### Adopting a self-inflicted 412" in text
     assert "PROTOCOL.md" not in text
+
+
+def test_no_file_of_the_package_or_its_docs_cites_a_document_outside_the_repository() -> None:
+    root = Path(__file__).parent.parent
+    files = [*root.glob("leasekit/**/*.py"), *root.glob("docs/*.md"), root / "README.md"]
+    citing = [str(p.relative_to(root)) for p in files if "PROTOCOL.md" in p.read_text()]
+    assert citing == [], "cite docs/protocol.md instead"
