@@ -1,4 +1,4 @@
-"""The async HTTP client for the work calls of PROTOCOL.md part A (httpx).
+"""The async HTTP client for the work calls of docs/protocol.md §1 (facts) (httpx).
 
 Kept lean on purpose: one process may heartbeat 10,000 leases through one
 :class:`LeaseClient`. Every call goes through httpx except the heartbeat,

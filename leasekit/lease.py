@@ -1,6 +1,6 @@
 """The server side of the work-lease protocol, sans-I/O: one state machine.
 
-Reference semantics (PROTOCOL.md part B). The hosted service may differ;
+Reference semantics (docs/protocol.md §2 (reference semantics)). The hosted service may differ;
 these are leasekit's documented choices.
 
 Nothing here reads a clock or does I/O. Every operation takes ``now_us``,

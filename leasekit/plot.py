@@ -5,6 +5,10 @@ The tables are what :func:`leasekit.study.sweep` (or ``leasekit study``'s
 ``NAME_low`` and ``NAME_high``. Axes carry the metric's unit from the
 glossary (:data:`leasekit.metrics.METRICS`).
 
+:func:`lease_timeline` draws one run's or one trace's leases as a sequence
+diagram and :func:`state_diagram_figure` the lifecycle table; both live in
+``leasekit._timeline``.
+
 The figures are built without :mod:`matplotlib.pyplot`, so making one
 changes no global state and needs no display: save it with
 ``figure.savefig(path)``, or let a notebook show it.
@@ -18,13 +22,22 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from ._timeline import lease_timeline, state_diagram_figure
 from .metrics import METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["axis_label", "false_loss_vs_ttl", "frontier", "heatmap", "pareto_front"]
+__all__ = [
+    "axis_label",
+    "false_loss_vs_ttl",
+    "frontier",
+    "heatmap",
+    "lease_timeline",
+    "pareto_front",
+    "state_diagram_figure",
+]
 
 FALSE_LOSSES: Final = "false_losses_per_lease_hour"
 _PANEL_SIZE: Final = (5.0, 3.8)

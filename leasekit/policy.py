@@ -88,7 +88,7 @@ _INF: Final = math.inf
 
 
 def classify_status(status: int) -> Outcome:
-    """The outcome of an HTTP status, as PROTOCOL.md part A classifies it."""
+    """The outcome of an HTTP status, as docs/protocol.md §1 (facts) classifies it."""
     if 200 <= status < 300:
         return Outcome.OK
     if status == 412:
@@ -307,7 +307,7 @@ class SdkPolicy(HeartbeatPolicy):
     """The official SDK worker's heartbeat, rule for rule (``anthropic`` 2.x).
 
     Its purpose is fidelity: simulating it predicts what the official
-    worker does. The rules (PROTOCOL.md part A):
+    worker does. The rules (docs/protocol.md §1 (facts)):
 
     * Before the first answer it assumes a TTL of 90 s and an interval of 30 s,
       and never sends ``desired_ttl_seconds``.

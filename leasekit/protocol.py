@@ -1,6 +1,6 @@
 """Wire facts of the work-lease protocol: models, constants, timestamps, errors.
 
-Everything here mirrors PROTOCOL.md part A byte for byte: field names, the
+Everything here mirrors docs/protocol.md §1 (facts) byte for byte: field names, the
 shape of every JSON answer and of the API's error envelope. Nothing here
 knows about time passing or about storage; :mod:`leasekit._lease` and
 :mod:`leasekit._policy` hold the rules.

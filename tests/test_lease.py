@@ -1,6 +1,6 @@
 """Example tests of the lease state machine: every row of TRANSITIONS, every refusal.
 
-Each test is named after the rule of PROTOCOL.md part B it checks. Times are
+Each test is named after the rule of docs/protocol.md §2 (reference semantics) it checks. Times are
 integer microseconds; the book uses a small config (default TTL 10 s, min 5,
 max 60) so that expiry is easy to reach.
 """

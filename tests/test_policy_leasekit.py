@@ -1,4 +1,4 @@
-"""LeasekitPolicy rule by rule (PROTOCOL.md part C), FixedPolicy, make_policy.
+"""LeasekitPolicy rule by rule (docs/protocol.md §3 (safety arguments)), FixedPolicy, make_policy.
 
 Plus one end-to-end check: both SdkPolicy and LeasekitPolicy against a real
 LeaseBook, over a tiny hand-written network (fixed one-way delay, one lost

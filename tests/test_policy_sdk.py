@@ -1,4 +1,4 @@
-"""SdkPolicy, rule by rule (PROTOCOL.md part A), checked against the SDK's own source.
+"""SdkPolicy, rule by rule (docs/protocol.md §1 (facts)), checked against the SDK's own source.
 
 The reference is ``anthropic/lib/environments/_worker.py::_heartbeat_loop`` of
 the installed ``anthropic`` package (read, not copied) and, for
