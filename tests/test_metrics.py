@@ -96,3 +96,41 @@ def test_docs_metrics_md_is_generated_from_the_glossary() -> None:
     assert path.read_text() == glossary_markdown(), (
         "regenerate: leasekit.metrics.glossary_markdown()"
     )
+
+
+def _bootstrap_in_one_go(samples: list[float]) -> tuple[float, float]:
+    """The interval as bootstrap_mean drew it before it drew in chunks."""
+    import numpy as np
+
+    from leasekit.metrics import _BOOTSTRAP_RESAMPLES, _BOOTSTRAP_SEED, LEVEL
+
+    values = np.asarray(samples, dtype=float)
+    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    picks = rng.integers(0, values.size, size=(_BOOTSTRAP_RESAMPLES, values.size))
+    alpha = 1 - LEVEL
+    low, high = np.quantile(values[picks].mean(axis=1), [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+@pytest.mark.parametrize("n", [2, 7, 131, 3600])
+def test_bootstrap_in_chunks_gives_the_interval_of_one_draw(n: int) -> None:
+    import random
+
+    rng = random.Random(n)
+    samples = [rng.expovariate(1 / 30) for _ in range(n)]
+    estimate = bootstrap_mean(samples)
+    assert (estimate.low, estimate.high) == _bootstrap_in_one_go(samples)
+
+
+def test_bootstrap_memory_stays_small_with_many_samples() -> None:
+    import tracemalloc
+
+    samples = [float(i % 97) for i in range(3600)]
+    tracemalloc.start()
+    try:
+        bootstrap_mean(samples)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # all 2000 resamples at once took 2 x 2000 x 3600 x 8 bytes = 115 MB
+    assert peak < 20e6
