@@ -295,3 +295,25 @@ def test_a_pause_longer_than_the_ttl_expires_the_lease_and_timers_fire_late() ->
     assert (events.event == "expire").sum() == 1
     ends = events[(events.event == "lease_end") & (events.detail != "running")]
     assert ends.detail.tolist() == ["lost"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "const:0.05",
+        "uniform:0.01,0.2",
+        "exp:0.01",
+        "exp:0",
+        "shiftexp:0.01,0.02",
+        "pareto:0.01,2.5",
+    ],
+)
+def test_a_delay_sampler_draws_what_sample_draws(spec: str) -> None:
+    import random
+
+    from leasekit.distributions import parse_delay
+
+    delay = parse_delay(spec)
+    by_sample, by_sampler = random.Random(7), random.Random(7)
+    draw = delay.sampler(by_sampler)
+    assert [draw() for _ in range(50)] == [delay.sample(by_sample) for _ in range(50)]
