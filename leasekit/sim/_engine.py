@@ -26,9 +26,11 @@ therefore be added while the run goes (:meth:`Engine.crash`,
 :meth:`Engine.pause`), from a SimPy process of the user's
 (``docs/simulator.md``).
 
-Lease deadlines are checked lazily by ``LeaseBook`` itself; its observer
-reports every transition to the :class:`~leasekit.sim._monitor.Monitor`
-(lazy expiries with their real expiry time).
+Lease deadlines are checked lazily by ``LeaseBook`` itself (it keeps at
+most one deadline entry per item, so a run in which nobody polls grows
+nothing); its observer reports every transition to the
+:class:`~leasekit.sim._monitor.Monitor` (lazy expiries with their real
+expiry time).
 """
 
 from __future__ import annotations
@@ -82,7 +84,6 @@ _RENEW: Final = Event.RENEW
 _NAN: Final = math.nan
 _INF: Final = math.inf
 _OUTCOME_OF: dict[int, Outcome] = {}
-_SWEEP_EVERY_S: Final = 60.0
 
 
 def _outcome(status: int) -> Outcome:
@@ -543,7 +544,6 @@ class Engine:
         duration = self.scenario.duration_s
         if self._progress is not None:
             self.env.process(self._report_progress(self._progress, duration))
-        self.env.process(self._sweep())
         self.env.run(until=duration)
         end_us = EPOCH_US + round(duration * 1e6)
         # Lazy expiries that are due but untouched happen now, at their real times.
@@ -558,20 +558,6 @@ class Engine:
         if self._progress is not None:
             self._progress(1.0)
         return self.monitor
-
-    def _sweep(self) -> Generator[simpy.Event, None, None]:
-        """Let the server apply due expiries every minute, as a poll would.
-
-        ``LeaseBook`` files a deadline per renewal and drops the stale ones
-        when it applies due expiries (on a poll, a list or a stats call);
-        with no spare worker polling, nothing would, and memory would grow
-        with every heartbeat. Expiries are reported at their real times
-        whenever they are applied, so this changes no count.
-        """
-        while True:
-            yield self.env.timeout(_SWEEP_EVERY_S)
-            self._acting = None
-            self.book.stats(ENVIRONMENT_ID, EPOCH_US + round(self.env.now * 1e6))
 
     def _report_progress(
         self, progress: Callable[[float], None], duration: float
