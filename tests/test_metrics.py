@@ -134,3 +134,21 @@ def test_bootstrap_memory_stays_small_with_many_samples() -> None:
         tracemalloc.stop()
     # all 2000 resamples at once took 2 x 2000 x 3600 x 8 bytes = 115 MB
     assert peak < 20e6
+
+
+def test_the_quantiles_are_scipy_stats_own_bit_for_bit() -> None:
+    import random
+
+    from scipy import stats
+
+    from leasekit.metrics import _beta_quantile, _chi2_quantile
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        df = rng.choice([rng.uniform(0.01, 50.0), float(rng.randint(1, 10**5))])
+        trials = rng.randint(1, 10**5)
+        successes = rng.randint(1, trials)
+        a, b = successes, trials - successes + 1
+        for q in (0.025, 0.975, rng.random()):
+            assert _chi2_quantile(q, df) == float(stats.chi2.ppf(q, df))
+            assert _beta_quantile(q, a, b) == float(stats.beta.ppf(q, a, b))
