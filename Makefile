@@ -24,6 +24,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# `leasekit study` on simulations/study.toml, in two processes; report in report/
 demo: $(STAMP)
 	$(BIN)/leasekit demo
 

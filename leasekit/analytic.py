@@ -32,17 +32,51 @@ successive arrivals, ``G * interval + x - d``. So the expected held time
 and the rate is ``1 / E[h(D)]`` (the claim's delay ``D`` is unconditioned).
 It is solved on a grid (a Nystrom method). With zero delay it gives the
 closed form above. It assumes no reordering (delays below the interval).
+
+**The engine** (:func:`estimate`, ``--engine analytic``) applies these to a
+scenario, and adds the quality of service of the server's lease timer seen
+as a failure detector (Chen, Toueg and Aguilera, "On the quality of service
+of failure detectors", IEEE Trans. Computers 51(5), 2002), for the same
+model (:func:`failure_detector_qos`): detection time ``T_D`` (mean and
+upper bound), mistake recurrence time ``T_MR``, mistake duration ``T_M``
+and query accuracy probability ``P_A``. With request delays ``d`` (of the
+success) and ``x`` (of the next one) drawn on the grid, and ``n =
+floor((d + ttl - x) / interval)`` the slots that must all be lost for the
+gap to exceed the TTL:
+
+* mistakes start at the rate ``(1 - p) / interval * E[p**n]`` per second,
+  so ``T_MR = 1 / rate``;
+* a mistake lasts from ``d + ttl`` to the next arrival ``G * interval +
+  x``, ``G > n``: ``T_M = E[p**n (n * interval + interval / (1 - p) + x - d
+  - ttl)] / E[p**n]``;
+* ``P_A = 1 - T_M / T_MR``;
+* a crash at phase ``u`` (uniform in the interval) after the send of a
+  heartbeat, whose last ``i`` predecessors were lost with probability
+  ``(1 - p) p**i``, is detected ``max(0, ttl + x - i * interval - u)``
+  later: ``T_D`` is its mean; its bound is ``ttl`` plus the longest delay.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
-from .distributions import Delay
+from ._fast_scope import UnsupportedScenario, check_one_lease
+from .distributions import Delay, parse_delay
+from .lease import LeaseConfig, LeaseRules
+from .metrics import EngineResult, Estimate
+from .policy import FixedPolicy, make_policy
+from .sim import Scenario
 
-__all__ = ["fixed_expiry_rate", "fixed_expiry_rate_with_delay"]
+__all__ = [
+    "UnsupportedScenario",
+    "estimate",
+    "failure_detector_qos",
+    "fixed_expiry_rate",
+    "fixed_expiry_rate_with_delay",
+]
 
 
 def _check(interval_s: float, ttl_s: float, loss: float) -> None:
@@ -97,3 +131,185 @@ def fixed_expiry_rate_with_delay(
     constant = interval_s / (1 - loss) + mean - x
     held = np.linalg.solve(np.eye(len(x)) - kernel, constant)
     return 1.0 / float(np.dot(w, held))
+
+
+def failure_detector_qos(
+    interval_s: float, ttl_s: float, loss: float, delay: Delay, *, points: int = 2000
+) -> dict[str, float]:
+    """Chen, Toueg and Aguilera's QoS of the lease timer (see the module
+    docstring), seconds and a probability, keyed by glossary names.
+
+    ``detection_seconds_max`` is left out when the delay is unbounded, and the
+    mistake times when no mistake can happen (no loss).
+    """
+    _check(interval_s, ttl_s, loss)
+    x, w = _grid(delay, points)
+    n = np.floor((x[:, None] + ttl_s - x[None, :]) / interval_s)
+    n = np.maximum(n, 0.0)
+    pair = w[:, None] * w[None, :]
+    lost = pair * loss**n
+    mistakes_per_s = (1 - loss) / interval_s * float(lost.sum())
+    out: dict[str, float] = {}
+    if mistakes_per_s > 0:
+        length = n * interval_s + interval_s / (1 - loss) + x[None, :] - x[:, None] - ttl_s
+        duration = float((lost * length).sum() / lost.sum())
+        out["mistake_recurrence_seconds_mean"] = 1 / mistakes_per_s
+        out["mistake_duration_seconds_mean"] = duration
+        out["query_accuracy_probability"] = 1 - duration * mistakes_per_s
+    else:  # no mistake ever: T_MR and T_M are left out (infinite, undefined)
+        out["query_accuracy_probability"] = 1.0
+    # E over the crash phase u ~ U[0, interval) of max(0, a - u)
+    detection = 0.0
+    i = 0
+    while True:
+        a = ttl_s + x - i * interval_s
+        if not (a > 0).any():
+            break
+        inside = np.where(
+            a >= interval_s, a - interval_s / 2, np.where(a > 0, a * a / (2 * interval_s), 0.0)
+        )
+        detection += (1 - loss) * loss**i * float(np.dot(w, inside))
+        i += 1
+        if loss == 0 or loss**i < 1e-300:
+            break
+    out["detection_seconds_mean"] = detection
+    upper = _upper(delay)
+    if math.isfinite(upper):
+        out["detection_seconds_max"] = ttl_s + upper
+    return out
+
+
+def _upper(delay: Delay) -> float:
+    """The largest delay (seconds); ``inf`` when unbounded."""
+    if delay.kind == "const":
+        return delay.params[0]
+    if delay.kind == "uniform":
+        return delay.params[1]
+    if delay.kind in ("exp", "shiftexp"):
+        shift, mean = (0.0, delay.params[0]) if delay.kind == "exp" else delay.params
+        return shift if mean == 0 else math.inf
+    return max(delay.samples) if delay.kind == "empirical" else math.inf
+
+
+_SUPPORTED_DELAYS = ("const", "uniform", "exp", "shiftexp")
+_NO_REORDERING = 1e-12
+"""Delays beyond their ``1 - this`` quantile are neglected (exponential tails)."""
+
+
+def _practical_upper(delay: Delay) -> float:
+    if delay.kind in ("exp", "shiftexp"):
+        shift, mean = (0.0, delay.params[0]) if delay.kind == "exp" else delay.params
+        return shift - mean * math.log(_NO_REORDERING)
+    return _upper(delay)
+
+
+def estimate(scenario: Scenario) -> EngineResult:
+    """The analytic engine: exact rates per lease-hour and the failure-detector
+    QoS of ``scenario``, or :class:`UnsupportedScenario` naming the assumption
+    it violates.
+
+    The model: :class:`~leasekit.policy.FixedPolicy` run as the official
+    worker loop runs it (no local deadline), requests lost independently,
+    no answer lost, every answer back within the interval (request plus
+    answer delay below it; exponential tails past their 1e-12 quantile are
+    neglected), request delays ``const``, ``uniform``, ``exp`` or
+    ``shiftexp``, no pauses and no crashes, and with a constant delay a TTL
+    that is not a whole number of intervals (there the timer slack decides). Every loss is then a
+    server expiry answered by a 412. ``requests_per_lease_second`` counts the
+    heartbeats the server processes plus a poll, an ack and a claim per
+    lease (the poll finds an item at once). ``lease_hours`` is the scenario's
+    size (``workers.count`` times the metrics window), for reference.
+    """
+    began = time.perf_counter()
+    check_one_lease(scenario, "analytic")
+    workers, network, server = scenario.workers, scenario.network, scenario.server
+    policy = make_policy(workers.policy)
+    if not isinstance(policy, FixedPolicy):
+        raise UnsupportedScenario(
+            "workers.policy",
+            f"the analytic engine models fixed:interval=SECONDS only, got {workers.policy!r} "
+            "(use --engine fast)",
+        )
+    refusals = (
+        (workers.enforce_deadline, "workers.enforce_deadline", "the model has no local deadline"),
+        (
+            workers.pauses.rate_per_hour > 0,
+            "workers.pauses.rate_per_hour",
+            "the model assumes a worker that never pauses",
+        ),
+        (
+            workers.crashes.rate_per_hour > 0,
+            "workers.crashes.rate_per_hour",
+            "the model assumes a worker that never crashes",
+        ),
+        (
+            network.request.burst is not None and network.request.burst.p_enter > 0,
+            "network.request.burst",
+            "the model assumes independent losses",
+        ),
+        (
+            network.answer.burst is not None and network.answer.burst.p_enter > 0,
+            "network.answer.burst",
+            "the model assumes no lost answer",
+        ),
+        (network.answer.loss > 0, "network.answer.loss", "the model assumes no lost answer"),
+        (network.request.loss >= 1, "network.request.loss", "every request is lost: no lease"),
+    )
+    for refused, name, why in refusals:
+        if refused:
+            raise UnsupportedScenario(name, f"{why} (use --engine fast)")
+    request = parse_delay(network.request.delay)
+    answer = parse_delay(network.answer.delay)
+    if request.kind not in _SUPPORTED_DELAYS:
+        raise UnsupportedScenario(
+            "network.request.delay",
+            f"the model integrates {', '.join(_SUPPORTED_DELAYS)} delays, got {request.spec} "
+            "(use --engine fast)",
+        )
+    interval = policy.interval_s
+    if _practical_upper(request) + _practical_upper(answer) >= interval:
+        raise UnsupportedScenario(
+            "network.request.delay",
+            f"the model needs every answer back within the interval ({interval:g} s): request "
+            f"{request.spec} plus answer {answer.spec} can take longer (use --engine fast)",
+        )
+    config = LeaseConfig(server.default_ttl_seconds, server.min_ttl_seconds, server.max_ttl_seconds)
+    ttl = LeaseRules(config).resolve_ttl(policy.desired_ttl_seconds, config.default_ttl_seconds)
+    slots = ttl / interval
+    if request.kind == "const" and abs(slots - round(slots)) < 1e-9:
+        raise UnsupportedScenario(
+            "server.default_ttl_seconds",
+            f"a TTL of {ttl} s is a whole number of intervals ({interval:g} s): whether the "
+            "last one arrives in time is decided by the timer slack (use --engine fast)",
+        )
+    loss = network.request.loss
+    if request.kind == "const":
+        per_second = fixed_expiry_rate(interval, ttl, loss)
+    else:
+        per_second = fixed_expiry_rate_with_delay(interval, ttl, loss, request)
+    per_hour = per_second * 3600
+
+    def exact(value: float) -> Estimate:
+        return Estimate.exact(value, "closed_form")
+
+    metrics = {
+        "false_losses_per_lease_hour": exact(per_hour),
+        "false_losses_server_expiry_per_lease_hour": exact(per_hour),
+        "false_losses_unseen_answer_per_lease_hour": exact(0.0),
+        "false_losses_give_up_per_lease_hour": exact(0.0),
+        "false_losses_rejection_per_lease_hour": exact(0.0),
+        "server_expiries_per_lease_hour": exact(per_hour),
+        "requests_per_lease_second": exact((1 - loss) / interval + 3 * per_second),
+        "lease_hours": Estimate.exact(
+            workers.count * (scenario.duration_s - scenario.warmup_s) / 3600
+        ),
+    }
+    for name, value in failure_detector_qos(interval, ttl, loss, request).items():
+        metrics[name] = exact(value)
+    return EngineResult(
+        "analytic",
+        metrics,
+        heartbeats_sent=0,
+        wall_seconds=time.perf_counter() - began,
+        diagnostics={"interval_seconds": interval, "ttl_seconds": float(ttl)},
+    )

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 # module name under leasekit._cli, in the order `leasekit --help` lists them
-_COMMANDS = ("demo", "diagram", "serve", "keep", "replay", "simulate")
+_COMMANDS = ("demo", "diagram", "serve", "keep", "replay", "simulate", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

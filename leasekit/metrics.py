@@ -223,6 +223,46 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "Crashes of a live holder whose item was not claimed again before the end.",
         ),
         _spec(
+            "detection_seconds_mean",
+            "s",
+            "closed_form",
+            """Detection time T_D of Chen, Toueg and Aguilera (IEEE Trans. Computers 2002):
+            from a holder's crash, at a uniformly random moment of its heartbeat schedule,
+            to the server's expiry of its lease (0 when it had already expired); mean.""",
+        ),
+        _spec(
+            "detection_seconds_max",
+            "s",
+            "closed_form",
+            """The upper bound of the detection time T_D: the TTL plus the longest request
+            delay (a crash just after a heartbeat that arrives as late as it can).""",
+        ),
+        _spec(
+            "mistake_recurrence_seconds_mean",
+            "s",
+            "closed_form",
+            """Mistake recurrence time T_MR (Chen, Toueg and Aguilera): mean time between
+            the starts of two mistakes of the server's lease timer seen as a failure
+            detector of a live worker that keeps heartbeating (it trusts the worker while
+            a heartbeat arrived within the last TTL).""",
+        ),
+        _spec(
+            "mistake_duration_seconds_mean",
+            "s",
+            "closed_form",
+            """Mistake duration T_M (Chen, Toueg and Aguilera): mean time from the lease's
+            expiry at the server while its holder is alive (a mistake) to the arrival of
+            the holder's next heartbeat.""",
+        ),
+        _spec(
+            "query_accuracy_probability",
+            "1",
+            "closed_form",
+            """Query accuracy probability P_A (Chen, Toueg and Aguilera): the probability
+            that the server's lease timer, asked at a random time, trusts a live worker
+            that keeps heartbeating; 1 - T_M / T_MR.""",
+        ),
+        _spec(
             "requests_per_lease_second",
             "1/s",
             "poisson",
@@ -424,8 +464,9 @@ class Totals:
 
 
 def summarize(runs: Totals | Iterable[Totals]) -> dict[str, Estimate]:
-    """Every metric of :data:`METRICS` from the totals of one or many runs,
-    pooled, with its interval (see :data:`INTERVALS`)."""
+    """Every metric of :data:`METRICS` that runs measure (all but the
+    analytic engine's ``closed_form`` ones) from the totals of one or many
+    runs, pooled, with its interval (see :data:`INTERVALS`)."""
     parts = [runs] if isinstance(runs, Totals) else list(runs)
     total = Totals()
     for part in parts:
@@ -470,7 +511,7 @@ def summarize(runs: Totals | Iterable[Totals]) -> dict[str, Estimate]:
         counts=[p.requests for p in parts],
         exposures=[p.lease_seconds for p in parts],
     )
-    return {name: out[name] for name in METRICS}
+    return {name: out[name] for name in METRICS if name in out}
 
 
 @dataclass

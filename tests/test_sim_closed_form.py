@@ -55,3 +55,17 @@ def test_random_delay_and_loss_match_the_integrated_renewal_model() -> None:
     assert estimate.low <= expected <= estimate.high, (expected, estimate)
     naive = fixed_expiry_rate(INTERVAL_S, TTL_S, loss) * 3600
     assert not estimate.low <= naive <= estimate.high
+
+
+@pytest.mark.parametrize(("loss", "delay"), [(0.3, "const:0"), (0.2, "uniform:0,2")])
+def test_the_analytic_engine_gives_what_the_simulator_measures(loss: float, delay: str) -> None:
+    """``--engine analytic`` on the very scenario SimPy runs: its exact value
+    lies inside SimPy's interval, for false losses and server expiries alike."""
+    from leasekit import analytic
+
+    scenario = fixed_scenario(loss, delay, hours=2)
+    exact = analytic.estimate(scenario).metrics
+    measured = replicate(scenario, 4).estimates()
+    for name in ("server_expiries_per_lease_hour", "false_losses_per_lease_hour"):
+        value = exact[name].value
+        assert measured[name].low <= value <= measured[name].high, (name, value, measured[name])

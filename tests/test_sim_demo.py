@@ -1,28 +1,35 @@
-"""``leasekit demo``: the TTL study, shrunk to run in seconds."""
+"""``leasekit demo``: the default study, end to end (here on a tiny study)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from study_support import write_tiny_study
 
+from leasekit._cli import study as study_command
 from leasekit.cli import main
 
 
-def test_demo_prints_the_study_and_writes_a_reproducible_report(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_demo_runs_the_default_study_and_writes_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = ["demo", "--hours", "0.3", "--workers", "8", "--replications", "2", "--processes", "1"]
-    assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    out = capsys.readouterr().out
-    assert "| policy | TTL s |" in out and "| leasekit | 120 |" in out
-    report = (tmp_path / "a" / "report.md").read_text()
-    assert "leasekit demo --hours 0.3 --workers 8 --replications 2 --seed 2026" in report
-    assert (tmp_path / "a" / "ttl_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    first = pd.read_csv(tmp_path / "a" / "ttl_study.csv")
-    assert len(first) == 12 and set(first.policy) == {"sdk", "leasekit"}
-    assert (first.split_brain_seconds_per_lease_hour[first.policy == "leasekit"] == 0).all()
-    assert main([*args, "--out", str(tmp_path / "b")]) == 0
-    second = pd.read_csv(tmp_path / "b" / "ttl_study.csv")
-    pd.testing.assert_frame_equal(first, second)  # same seed, same numbers
+    # the real default study takes a minute or two: `make demo` runs that one
+    tiny = write_tiny_study(tmp_path / "in", engines='["simpy"]')
+    monkeypatch.setattr(study_command, "DEFAULT_STUDY", tiny)
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--processes", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"leasekit study {tiny}" in printed
+    assert "Recommendation: the smallest TTL" in printed
+    assert (out / "index.html").is_file() and (out / "results.csv").is_file()
+
+
+def test_the_default_study_ships_where_demo_looks_for_it() -> None:
+    assert study_command.DEFAULT_STUDY.is_file()
+    assert study_command.DEFAULT_STUDY.name == "study.toml"
+
+
+def test_walkthrough_prints_the_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--walkthrough"]) == 0
+    assert "step by step" in capsys.readouterr().out

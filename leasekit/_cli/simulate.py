@@ -1,4 +1,4 @@
-"""``leasekit simulate``: run a scenario (replicated) and print its metrics."""
+"""``leasekit simulate``: one scenario, any engine, every metric with its interval."""
 
 from __future__ import annotations
 
@@ -11,36 +11,46 @@ import time
 from pathlib import Path
 from typing import Any
 
-KEY_METRICS = (
-    "false_losses_per_lease_hour",
-    "false_losses_server_expiry_per_lease_hour",
-    "false_losses_unseen_answer_per_lease_hour",
-    "false_losses_give_up_per_lease_hour",
-    "false_losses_rejection_per_lease_hour",
-    "server_expiries_per_lease_hour",
-    "precondition_failures_per_lease_hour",
-    "precondition_failure_rate",
-    "split_brain_seconds_per_lease_hour",
-    "double_holder_seconds_per_lease_hour",
-    "takeover_seconds_mean",
-    "requests_per_lease_second",
-    "lease_hours",
-)
+from ..metrics import METRICS
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
-        help="simulate a lease server and its workers (SimPy) and print the metrics",
-        description="Run SCENARIO.toml (or the built-in default) with N seeds and print each "
-        "metric with its 95%% confidence interval. Flags override the file.",
+        help="simulate a lease server and its workers and print the metrics",
+        description="Run SCENARIO.toml (or the built-in default) with an engine and print each "
+        "metric with its 95% interval. Flags override the file. Engines: simpy (the simulator, "
+        "N seeds pooled), fast (importance sampling of rare false losses), analytic (closed "
+        "forms). Every engine prints the same --json object.",
     )
     parser.add_argument("scenario", nargs="?", help="a scenario file (TOML), see simulations/")
-    parser.add_argument("--replications", type=int, default=5, help="seeds to run (default 5)")
+    parser.add_argument(
+        "--engine",
+        choices=("simpy", "fast", "analytic"),
+        default="simpy",
+        help="simpy (default), fast or analytic",
+    )
+    parser.add_argument(
+        "--replications", type=int, default=5, help="simpy: seeds to run (default 5)"
+    )
     parser.add_argument("--seed", type=int, help="base seed (default: the scenario's)")
-    parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on a Dask cluster: its scheduler's address"
+    )
+    parser.add_argument(
+        "--rel-halfwidth",
+        type=float,
+        default=0.1,
+        help="fast: stop at this relative half-width of the 95%% interval (default 0.1)",
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="fast: wall-time limit (default 60 s)"
+    )
     parser.add_argument("--out", type=Path, help="write events.csv, runs.csv, metrics.json here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--workers", type=int, help="number of workers")
     parser.add_argument("--hours", type=float, help="simulated hours")
     parser.add_argument("--policy", help="sdk | leasekit | fixed:interval=SECONDS (with options)")
@@ -53,31 +63,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _progress_bar(enabled: bool) -> Any:
-    started = time.monotonic()
-    last = [-1]
-
-    def show(fraction: float) -> None:
-        percent = int(fraction * 100)
-        if percent == last[0] or not enabled:
-            return
-        last[0] = percent
-        bar = "#" * (percent // 4)
-        elapsed = time.monotonic() - started
-        sys.stderr.write(f"\r[{bar:<25}] {percent:3d}%  {elapsed:5.1f} s")
-        if percent >= 100:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
-
-
-def _number(value: float) -> float | None:
-    return None if math.isnan(value) else value
+def _fail(message: str) -> int:
+    print(f"leasekit simulate: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sim import Scenario, ScenarioError, load_scenario, replicate, with_overrides
+    from ..sim import RunResult, Scenario, ScenarioError, load_scenario, with_overrides
+    from ..study import estimate, pool_runs, simpy_runs
 
     try:
         scenario = load_scenario(args.scenario) if args.scenario else Scenario()
@@ -92,62 +85,93 @@ def run(args: argparse.Namespace) -> int:
             answer_loss=args.answer_loss,
         )
     except ScenarioError as error:
-        print(f"leasekit simulate: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error))
     if args.replications < 1:
-        print("leasekit simulate: --replications must be >= 1", file=sys.stderr)
-        return 2
-    # A bar only where someone watches it, or when the run is long.
-    load = scenario.workers.count * scenario.duration_s * args.replications
-    show = _progress_bar(sys.stderr.isatty() or load > 2e8)
+        return _fail("--replications must be >= 1")
+    if args.processes < 1:
+        return _fail("--processes must be >= 1")
+    progress = not args.quiet and sys.stderr.isatty()
+    where = {"processes": args.processes, "scheduler": args.scheduler}
     started = time.perf_counter()
-    replications = replicate(
-        scenario,
-        args.replications,
-        seed=args.seed,
-        processes=max(1, args.processes),
-        progress=show,
-    )
-    wall_s = time.perf_counter() - started
-    estimates = replications.estimates()
-    metrics = {
-        name: {
-            "value": _number(e.value),
-            "ci95": [_number(e.low), _number(e.high)],
-        }
-        for name, e in estimates.items()
-    }
-    document = {
-        "scenario": scenario.to_dict(),
-        "metrics": metrics,
-        "heartbeats_sent": replications.heartbeats_sent,
-        "wall_seconds": wall_s,
-        "replications": args.replications,
-        "seeds": replications.runs["seed"].tolist(),
-    }
+    runs = []
+    try:
+        if args.engine == "simpy":
+            runs = simpy_runs(
+                scenario,
+                args.replications,
+                seed=args.seed,
+                keep_first_events=args.out is not None,
+                progress=progress,
+                **where,
+            )
+            result = pool_runs(runs, wall_seconds=time.perf_counter() - started)
+        else:
+            options = {"rel_halfwidth": args.rel_halfwidth, "max_seconds": args.max_seconds}
+            result = estimate(
+                scenario,
+                engine=args.engine,
+                seed=args.seed,
+                options=options if args.engine == "fast" else None,
+                progress=progress,
+                **where,
+            )
+    except ValueError as error:  # UnsupportedScenario names the field it cannot model
+        return _fail(f"--engine {args.engine}: {error}")
+    document = {"scenario": scenario.to_dict(), **result.to_dict()}
+    if runs:
+        document["replications"] = len(runs)
+        document["seeds"] = [run.seed for run in runs]
     if args.out is not None:
-        out: Path = args.out
-        out.mkdir(parents=True, exist_ok=True)
-        assert replications.first is not None
-        replications.first.events.to_csv(out / "events.csv", index=False)
-        replications.runs.to_csv(out / "runs.csv", index=False)
-        (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")
+        _write(args.out, document, runs, scenario, RunResult)
     if args.json:
         print(json.dumps(document))
         return 0
-    seeds = document["seeds"]
+    _print(scenario, args, result, runs)
+    return 0
+
+
+def _write(
+    out: Path, document: dict[str, Any], runs: list[Any], scenario: Any, run_type: Any
+) -> None:
+    import pandas as pd
+
+    from ..metrics import summarize
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")
+    if not runs:
+        return
+    rows = []
+    for run in runs:
+        values = {name: e.value for name, e in summarize(run.totals).items()}
+        rows.append({"seed": run.seed, "heartbeats_sent": run.heartbeats_sent, **values})
+    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    first = runs[0]
+    events = run_type(scenario, first.seed, {}, first.heartbeats_sent, rows=list(first.rows))
+    events.events.to_csv(out / "events.csv", index=False)
+
+
+def _print(scenario: Any, args: argparse.Namespace, result: Any, runs: list[Any]) -> None:
+    what = (
+        f"{len(runs)} replication(s) (seeds {runs[0].seed}{', ...' if len(runs) > 1 else ''})"
+        if runs
+        else f"engine {result.engine}"
+    )
     print(
         f"{scenario.name}: {scenario.workers.count} workers, policy {scenario.workers.policy}, "
-        f"{scenario.duration_s / 3600:g} h, {args.replications} replication(s) "
-        f"(seeds {seeds[0]}{', ...' if len(seeds) > 1 else ''})"
+        f"TTL {scenario.server.default_ttl_seconds} s, {scenario.duration_s / 3600:g} h, {what}"
     )
-    print(f"{'metric':44s} {'value':>12s}   95% CI")
-    for name in KEY_METRICS:
-        e = estimates[name]
-        ci = "" if math.isnan(e.low) else f"[{e.low:.4g}, {e.high:.4g}]"
-        print(f"{name:44s} {e.value:12.4g}   {ci}")
+    print(f"{'metric':44s} {'unit':>5s} {'value':>11s}   95% interval")
+    for name, e in result.metrics.items():
+        if math.isnan(e.value):
+            ci = ""
+        elif e.method in ("exact", "closed_form"):
+            ci = f"exact ({e.method})"
+        else:
+            ci = f"[{e.low:.4g}, {e.high:.4g}] ({e.method})"
+        unit = METRICS[name].unit if name in METRICS else ""
+        print(f"{name:44s} {unit:>5s} {e.value:11.4g}   {ci}")
     print(
-        f"{replications.heartbeats_sent} heartbeats simulated in {wall_s:.1f} s"
+        f"{result.heartbeats_sent} heartbeats simulated in {result.wall_seconds:.1f} s"
         + (f"; event log and metrics in {args.out}{os.sep}" if args.out else "")
     )
-    return 0
