@@ -204,3 +204,59 @@ def test_no_file_of_the_package_or_its_docs_cites_a_document_outside_the_reposit
     files = [*root.glob("leasekit/**/*.py"), *root.glob("docs/*.md"), root / "README.md"]
     citing = [str(p.relative_to(root)) for p in files if "PROTOCOL.md" in p.read_text()]
     assert citing == [], "cite docs/protocol.md instead"
+
+
+def _bootstrap_in_one_go(samples: list[float]) -> tuple[float, float]:
+    """The interval as bootstrap_mean drew it before it drew in chunks."""
+    import numpy as np
+
+    from leasekit.metrics import _BOOTSTRAP_RESAMPLES, _BOOTSTRAP_SEED, LEVEL
+
+    values = np.asarray(samples, dtype=float)
+    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    picks = rng.integers(0, values.size, size=(_BOOTSTRAP_RESAMPLES, values.size))
+    alpha = 1 - LEVEL
+    low, high = np.quantile(values[picks].mean(axis=1), [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+@pytest.mark.parametrize("n", [2, 7, 131, 3600])
+def test_bootstrap_in_chunks_gives_the_interval_of_one_draw(n: int) -> None:
+    import random
+
+    rng = random.Random(n)
+    samples = [rng.expovariate(1 / 30) for _ in range(n)]
+    estimate = bootstrap_mean(samples)
+    assert (estimate.low, estimate.high) == _bootstrap_in_one_go(samples)
+
+
+def test_bootstrap_memory_stays_small_with_many_samples() -> None:
+    import tracemalloc
+
+    samples = [float(i % 97) for i in range(3600)]
+    tracemalloc.start()
+    try:
+        bootstrap_mean(samples)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # all 2000 resamples at once took 2 x 2000 x 3600 x 8 bytes = 115 MB
+    assert peak < 20e6
+
+
+def test_the_quantiles_are_scipy_stats_own_bit_for_bit() -> None:
+    import random
+
+    from scipy import stats
+
+    from leasekit.metrics import _beta_quantile, _chi2_quantile
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        df = rng.choice([rng.uniform(0.01, 50.0), float(rng.randint(1, 10**5))])
+        trials = rng.randint(1, 10**5)
+        successes = rng.randint(1, trials)
+        a, b = successes, trials - successes + 1
+        for q in (0.025, 0.975, rng.random()):
+            assert _chi2_quantile(q, df) == float(stats.chi2.ppf(q, df))
+            assert _beta_quantile(q, a, b) == float(stats.beta.ppf(q, a, b))

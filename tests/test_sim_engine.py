@@ -295,3 +295,44 @@ def test_a_pause_longer_than_the_ttl_expires_the_lease_and_timers_fire_late() ->
     assert (events.event == "expire").sum() == 1
     ends = events[(events.event == "lease_end") & (events.detail != "running")]
     assert ends.detail.tolist() == ["lost"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "const:0.05",
+        "uniform:0.01,0.2",
+        "exp:0.01",
+        "exp:0",
+        "shiftexp:0.01,0.02",
+        "pareto:0.01,2.5",
+    ],
+)
+def test_a_delay_sampler_draws_what_sample_draws(spec: str) -> None:
+    import random
+
+    from leasekit.distributions import parse_delay
+
+    delay = parse_delay(spec)
+    by_sample, by_sampler = random.Random(7), random.Random(7)
+    draw = delay.sampler(by_sampler)
+    assert [draw() for _ in range(50)] == [delay.sample(by_sample) for _ in range(50)]
+
+
+def test_the_server_keeps_one_deadline_per_item_when_nobody_polls() -> None:
+    # Every worker holds an item all run long: no poll ever applies due
+    # expiries, and the engine no longer sweeps for LeaseBook.
+    from leasekit.sim import ENVIRONMENT_ID, Engine
+
+    scenario = Scenario(
+        name="held",
+        duration_s=600.0,
+        workers=Workers(count=20, policy="fixed:interval=1"),
+        server=Server(default_ttl_seconds=5, min_ttl_seconds=5, max_ttl_seconds=5),
+    )
+    engine = Engine(scenario, 1)
+    engine.run()
+    server = engine.book._environments[ENVIRONMENT_ID]
+    assert engine.heartbeats_sent > 20 * 500
+    assert len(server.deadlines) <= scenario.workers.items
+    assert len(server.ready) + len(server.oldest) + len(server.handed) <= 3 * scenario.workers.items

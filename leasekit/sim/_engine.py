@@ -26,9 +26,11 @@ therefore be added while the run goes (:meth:`Engine.crash`,
 :meth:`Engine.pause`), from a SimPy process of the user's
 (``docs/simulator.md``).
 
-Lease deadlines are checked lazily by ``LeaseBook`` itself; its observer
-reports every transition to the :class:`~leasekit.sim._monitor.Monitor`
-(lazy expiries with their real expiry time).
+Lease deadlines are checked lazily by ``LeaseBook`` itself (it keeps at
+most one deadline entry per item, so a run in which nobody polls grows
+nothing); its observer reports every transition to the
+:class:`~leasekit.sim._monitor.Monitor` (lazy expiries with their real
+expiry time).
 """
 
 from __future__ import annotations
@@ -82,7 +84,6 @@ _RENEW: Final = Event.RENEW
 _NAN: Final = math.nan
 _INF: Final = math.inf
 _OUTCOME_OF: dict[int, Outcome] = {}
-_SWEEP_EVERY_S: Final = 60.0
 
 
 def _outcome(status: int) -> Outcome:
@@ -346,7 +347,7 @@ class SimWorker:
         attempt.send = send
         self.timer = attempt
         engine.heartbeats_sent += 1
-        engine.send(attempt, self._seen)
+        engine.send(attempt, self._seen, now)
 
     def _withdraw(self) -> Send | None:
         """A fault struck now: a heartbeat scheduled for now or later was never
@@ -378,7 +379,7 @@ class SimWorker:
         self._lease_over(self.engine.env.now, EndReason.ASSUMED_LOST.value)
 
     def _send(self, attempt: Attempt) -> None:
-        self.engine.send(attempt, self._seen)
+        self.engine.send(attempt, self._seen, self.engine.env.now)
 
     def _on_seen(self, event: Any) -> None:
         """An answer or a timeout reaches the worker: tell the loop or the policy."""
@@ -492,8 +493,13 @@ class Engine:
         # A lossless constant delay takes no draw: no call per message either.
         self._fixed_request: float | None = None
         self._fixed_answer: float | None = None
+        # A lossless drawn delay that depends on nobody: one call, not three
+        # (4% of a heartbeat's instructions in bench_sim.py --fixed, callgrind).
+        self._draw_request: Callable[[], float] | None = None
+        self._draw_answer: Callable[[], float] | None = None
         if isinstance(self.network, ScenarioNetwork):
             self._fixed_request, self._fixed_answer = self.network.fixed_delays()
+            self._draw_request, self._draw_answer = self.network.plain_delays()
         # server
         self._processing = parse_delay(server.processing)
         self._server_rng = streams.rng("server")
@@ -560,7 +566,6 @@ class Engine:
         duration = self.scenario.duration_s
         if self._progress is not None:
             self.env.process(self._report_progress(self._progress, duration))
-        self.env.process(self._sweep())
         self.env.run(until=duration)
         end_us = EPOCH_US + round(duration * 1e6)
         # Lazy expiries that are due but untouched happen now, at their real times.
@@ -575,20 +580,6 @@ class Engine:
         if self._progress is not None:
             self._progress(1.0)
         return self.monitor
-
-    def _sweep(self) -> Generator[simpy.Event, None, None]:
-        """Let the server apply due expiries every minute, as a poll would.
-
-        ``LeaseBook`` files a deadline per renewal and drops the stale ones
-        when it applies due expiries (on a poll, a list or a stats call);
-        with no spare worker polling, nothing would, and memory would grow
-        with every heartbeat. Expiries are reported at their real times
-        whenever they are applied, so this changes no count.
-        """
-        while True:
-            yield self.env.timeout(_SWEEP_EVERY_S)
-            self._acting = None
-            self.book.stats(ENVIRONMENT_ID, EPOCH_US + round(self.env.now * 1e6))
 
     def _report_progress(
         self, progress: Callable[[float], None], duration: float
@@ -641,15 +632,18 @@ class Engine:
 
     # ------------------------------------------------------------------ network
 
-    def send(self, attempt: Attempt, seen: Callable[[Any], None]) -> None:
-        """Put a request on the wire at ``attempt.sent_s`` (now or later);
-        ``seen(event)`` gets the attempt (``event.value``) when its answer or
-        its timeout reaches the worker."""
+    def send(self, attempt: Attempt, seen: Callable[[Any], None], now: float) -> None:
+        """Put a request on the wire at ``attempt.sent_s`` (``now``, the
+        simulated time, or later); ``seen(event)`` gets the attempt
+        (``event.value``) when its answer or its timeout reaches the worker."""
         attempt.callback = seen
-        now = self.env.now
         delay = self._fixed_request
         if delay is None:
-            delay = self._request_delay(attempt.worker.index, attempt.kind, attempt.sent_s)
+            draw = self._draw_request
+            if draw is not None:
+                delay = draw()
+            else:
+                delay = self._request_delay(attempt.worker.index, attempt.kind, attempt.sent_s)
             if delay is None:
                 attempt.lost = "request"
                 attempt.timed_out = True
@@ -662,14 +656,17 @@ class Engine:
             self.timeout(attempt.deadline_s - now, attempt).callbacks.append(seen)
         self.timeout(arrived_s - now, attempt).callbacks.append(self._first_stage)
 
-    def _answer(self, attempt: Attempt) -> None:
-        """The server sends the answer back."""
+    def _answer(self, attempt: Attempt, now: float) -> None:
+        """The server sends the answer back ``now``."""
         if attempt.timed_out:
             return  # the worker stopped waiting; its timeout is scheduled
-        now = self.env.now
         delay = self._fixed_answer
         if delay is None:
-            delay = self._answer_delay(attempt.worker.index, attempt.kind, now)
+            draw = self._draw_answer
+            if draw is not None:
+                delay = draw()
+            else:
+                delay = self._answer_delay(attempt.worker.index, attempt.kind, now)
             if delay is None:
                 attempt.lost = "answer"
                 attempt.timed_out = True
@@ -706,7 +703,7 @@ class Engine:
                 attempt.processed_s = now
                 attempt.status = server.overload_status
                 self.monitor.request_processed(now)
-                self._answer(attempt)
+                self._answer(attempt, now)
                 return
             heapq.heapreplace(self._free_at, start + service)
             if start > now:
@@ -760,7 +757,7 @@ class Engine:
                 attempt.status = error.status
         if not attempt.repolled:
             self.monitor.request_processed(now)
-        self._answer(attempt)
+        self._answer(attempt, now)
 
     def _on_transition(
         self, record: WorkRecord, event: Event, previous: WorkState, now_us: int

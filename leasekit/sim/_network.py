@@ -99,7 +99,7 @@ def inside(spans: tuple[list[float], list[float]], t: float) -> bool:
 class _Link:
     """One direction: delay, independent loss, Gilbert-Elliott state per worker."""
 
-    __slots__ = ("bad", "burst", "constant", "delay", "loss", "rng")
+    __slots__ = ("bad", "burst", "constant", "delay", "draw", "loss", "rng")
 
     def __init__(self, config: Direction, count: int, rng: random.Random) -> None:
         self.delay: Delay = parse_delay(config.delay)
@@ -109,11 +109,20 @@ class _Link:
         self.burst = config.burst if config.burst is not None and config.burst.p_enter > 0 else None
         self.bad = [False] * count
         self.rng = rng
+        self.draw = self.delay.sampler(rng)
+        """One delay, drawn as :meth:`sample` draws it when nothing is lost."""
 
     def fixed(self) -> float | None:
         """The constant delay when :meth:`sample` always returns it without a draw."""
         if self.burst is None and not self.loss:
             return self.constant
+        return None
+
+    def plain(self) -> Callable[[], float] | None:
+        """:attr:`draw` when :meth:`sample` never loses a message (it then draws
+        the delay alone, whoever sends when), else ``None``."""
+        if self.burst is None and not self.loss:
+            return self.draw
         return None
 
     def sample(self, worker: int, kind: str, sent_s: float) -> float | None:
@@ -130,7 +139,7 @@ class _Link:
         if loss and rng.random() < loss:
             return None
         constant = self.constant
-        return constant if constant is not None else self.delay.sample(rng)
+        return constant if constant is not None else self.draw()
 
 
 class _PendingFault:
@@ -173,6 +182,16 @@ class ScenarioNetwork:
         if any(self._special):
             return None, None
         return self._request.fixed(), self._answer.fixed()
+
+    def plain_delays(self) -> tuple[Callable[[], float] | None, Callable[[], float] | None]:
+        """Per direction (request, answer), a call with no arguments drawing
+        the delay of the next message when no message is ever lost and the
+        delay depends on nobody and no time (no loss, bursts, partitions or
+        faults), else ``None``. It draws exactly what the
+        :class:`NetworkModel` methods would, so a driver may call it instead."""
+        if any(self._special):
+            return None, None
+        return self._request.plain(), self._answer.plain()
 
     def _cut(self, worker: int, kind: str, sent_s: float, direction: str) -> bool:
         if inside(self._partitions[worker], sent_s):
