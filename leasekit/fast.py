@@ -69,7 +69,7 @@ from ._fast_draws import (
 )
 from ._fast_scope import UnsupportedScenario, check_one_lease
 from .distributions import parse_delay
-from .lease import Event, LeaseConfig, LeaseRules, WorkRecord
+from .lease import Event, LeaseConfig, LeaseRules, WorkRecord, new_record
 from .metrics import LEVEL, EngineResult, Estimate, poisson_rate
 from .policy import (
     EndReason,
@@ -368,13 +368,12 @@ class _Runner:
         )
 
     def _new_lease(self, t: float) -> _Lease:
-        record = WorkRecord(
-            environment_id="env_fast",
-            work_id="work_fast",
-            session_id="session_fast",
+        record = new_record(
+            "env_fast",
+            "work_fast",
+            1,
+            EPOCH_US,
             secret="simulated-secret",
-            created_at_us=EPOCH_US,
-            seq=1,
             ttl_seconds=self.config.default_ttl_seconds,
         )
         self.rules.ack(record, EPOCH_US + round(t * 1e6))

@@ -55,7 +55,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from ..lease import TTL_LIMITS_SECONDS, LeaseConfig, LeaseRules, WorkRecord
+from ..lease import TTL_LIMITS_SECONDS, LeaseConfig, LeaseRules, new_record
 from ..metrics import Totals, summarize
 from ..policy import Outcome
 from ..protocol import NO_HEARTBEAT, PreconditionFailed, parse_timestamp
@@ -235,14 +235,8 @@ def _expired(rules: LeaseRules, first_s: float, second_s: float) -> bool:
     ``second_s``, by the lease rules (seconds, rounded to the rules' microseconds)."""
     first_us = _EPOCH_US + round(first_s * _US)
     second_us = _EPOCH_US + round(second_s * _US)
-    record = WorkRecord(
-        environment_id="replay",
-        work_id="replay",
-        session_id="replay",
-        secret="",
-        created_at_us=first_us,
-        seq=1,
-        ttl_seconds=rules.config.default_ttl_seconds,
+    record = new_record(
+        "replay", "replay", 1, first_us, secret="", ttl_seconds=rules.config.default_ttl_seconds
     )
     answer = rules.heartbeat(record, first_us, NO_HEARTBEAT)
     try:
