@@ -403,6 +403,7 @@ def main() -> int:
             f"--seed-work={HEAVY_ENV}:{args.heavy_queue}",
             "--log-level=warning",
             f"--rate={args.rate:g}",
+            "--freeze-gc",  # the heavy tenant's seeded queue would stall full collections
         ]
         if args.store == "sqlite":
             command.append(f"--db={Path(tmp) / 'soak.db'}")
