@@ -296,22 +296,17 @@ def _serve(
     import uvicorn
 
     from ..server import uvicorn_config
+    from ..server._connections import LISTEN_BACKLOG, GuardedServer, listening_socket
 
     # Bind and listen before printing, so the printed URL already accepts connections.
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
-    # then, and without it every answer waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
+        sock = listening_socket(args.host, args.port, LISTEN_BACKLOG)
     except OSError as error:
         print(f"leasekit serve: cannot bind {args.host}:{args.port}: {error}", file=sys.stderr)
         app.store.close()
         return 2
-    sock.listen(2048)
     port = sock.getsockname()[1]
-    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    host = f"[{args.host}]" if sock.family == socket.AF_INET6 else args.host
     store = f"SQLite {args.db}" if args.db else "memory"
     print(f"leasekit server on http://{host}:{port} ({store}; Ctrl-C stops)")
     for environment_id in keys:
@@ -337,7 +332,7 @@ def _serve(
             "propagate": False,
         }
 
-    class Server(uvicorn.Server):
+    class Server(GuardedServer):
         def handle_exit(self, sig: int, frame: Any) -> None:
             app.release_holds()  # held (dropped) requests must not delay the stop
             super().handle_exit(sig, frame)
@@ -351,6 +346,7 @@ def _serve(
             access_log=args.access_log,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            backlog=LISTEN_BACKLOG,
         )
     )
     if args.freeze_gc:

@@ -17,6 +17,7 @@ number of connections capped. See docs/server.md.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..lease import LeaseConfig
 from ._app import LeaseServerApp
-from ._connections import REQUEST_TIMEOUT_S, default_max_connections, guarded_protocol
+from ._connections import (
+    LISTEN_BACKLOG,
+    REQUEST_TIMEOUT_S,
+    GuardedServer,
+    default_max_connections,
+    guarded_protocol,
+    listening_socket,
+)
 from ._faults import FaultAction, FaultConfig, Faults
 from ._limits import Limits
 from ._memory import MemoryStore
@@ -133,12 +141,12 @@ def running_server(
     """Serve ``app`` with uvicorn in a background thread; yields the base URL.
 
     ``port=0`` picks a free ephemeral port. Connections are guarded as by
-    :func:`uvicorn_config`. On exit, held (dropped) requests are released
-    and the server stops; the store is closed.
+    :func:`uvicorn_config`, and accepted in batches as by ``leasekit serve``.
+    On exit, held (dropped) requests are released and the server stops; the
+    store is closed.
     """
-    import uvicorn
-
-    server = uvicorn.Server(
+    sock = listening_socket(host, port, LISTEN_BACKLOG)
+    server = GuardedServer(
         uvicorn_config(
             app,
             max_connections=max_connections,
@@ -149,18 +157,24 @@ def running_server(
             access_log=access_log,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            backlog=LISTEN_BACKLOG,
         )
     )
-    thread = threading.Thread(target=server.run, name="leasekit-server", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="leasekit-server", daemon=True
+    )
     thread.start()
     while not server.started:
         if not thread.is_alive():
+            sock.close()
             raise RuntimeError(f"the server did not start on {host}:{port}")
         time.sleep(0.005)
-    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if sock.family == socket.AF_INET6 else host
     try:
-        yield f"http://{host}:{bound_port}"
+        yield f"http://{url_host}:{bound_port}"
     finally:
         app.release_holds()
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()

@@ -6,6 +6,11 @@ uvicorn's HTTP/1.1 protocol (h11) closes a keep-alive connection idle after
 an answer, but not one that never sends a request or sends it a byte at a
 time, and it accepts connections until ``accept()`` fails with "Too many
 open files". :class:`GuardedH11Protocol` adds the missing parts.
+
+A burst of new connections (a thousand sockets opened at once) must not
+hold up the requests of connections already open: :class:`GuardedServer`
+accepts at most :data:`ACCEPT_BATCH` connections per turn of the event loop
+(benchmarks/bench_soak.py measures the difference).
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import asyncio
 import logging
 import random
 import resource
+import socket
 import time
 from typing import Any, Final
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..protocol import ApiError, ErrorType, dumps
@@ -34,6 +41,14 @@ MALFORMED_DELAY_S: Final = 0.5
 """How long the answer to bytes that are not HTTP waits before it is sent."""
 LOG_EVERY_S: Final = 10.0
 """At most one log line per condition this often."""
+LISTEN_BACKLOG: Final = 2048
+"""The kernel's queue of connections waiting to be accepted (uvicorn's default)."""
+ACCEPT_BATCH: Final = 16
+"""At most this many new connections are accepted per turn of the event
+loop. Each costs about a tenth of a millisecond to set up (transport,
+protocol, timer); accepted all at once, a burst of a thousand held up
+every request already waiting by a hundred milliseconds. In batches, those
+requests are served between them."""
 
 
 def default_max_connections() -> int:
@@ -151,6 +166,46 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self.transport.write(answer)
             self.transport.close()
+
+
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` and listening; raises
+    :class:`OSError` when it cannot bind. Serve it with :class:`GuardedServer`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
+    # then, and without it every answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class GuardedServer(uvicorn.Server):
+    """``uvicorn.Server`` that accepts at most :data:`ACCEPT_BATCH` new
+    connections per turn of the event loop on the sockets passed to
+    :meth:`run` (``config.backlog`` stays the kernel's queue of connections
+    waiting to be accepted)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if not sockets:
+            await super().startup(sockets)
+            return
+        # asyncio's accept handler takes up to ``backlog`` connections per
+        # readiness of the listening socket (and listens with it): start it
+        # with the batch size, then give the kernel its full queue again.
+        backlog = self.config.backlog
+        self.config.backlog = min(backlog, ACCEPT_BATCH)
+        try:
+            await super().startup(sockets)
+        finally:
+            self.config.backlog = backlog
+        for sock in sockets:
+            sock.listen(backlog)
 
 
 def guarded_protocol(
