@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -326,13 +328,21 @@ def _instructions(app: LeaseServerApp, call: Any) -> int:
         steps[0] += 1
         return 0
 
-    conn = app.store._conn  # type: ignore[attr-defined]
-    conn.set_progress_handler(count, 1000)
+    connections = _connections(app)
+    for conn in connections:
+        conn.set_progress_handler(count, 1000)
     try:
         call()
     finally:
-        conn.set_progress_handler(None, 1000)
+        for conn in connections:
+            conn.set_progress_handler(None, 1000)
     return steps[0]
+
+
+def _connections(app: LeaseServerApp) -> list[sqlite3.Connection]:
+    """The SQLite store's connections: the writer's, and the reader's if it has one."""
+    store: Any = app.store
+    return [store._conn, *([store._reader_conn] if hasattr(store, "_reader_conn") else [])]
 
 
 def test_sqlite_stats_list_and_heartbeats_cost_the_same_whatever_another_queue_holds(
@@ -405,6 +415,93 @@ def test_sqlite_queue_counters_agree_with_the_items_and_survive_a_restart(
     ):
         stats = http.get(f"{BASE}/stats").json()
         assert (stats["depth"], stats["pending"]) == (4, 1)
+
+
+def test_sqlite_a_slow_read_does_not_hold_another_tenants_heartbeat(tmp_path: Path) -> None:
+    """A stats call of one tenant is held inside SQLite (a progress handler
+    that waits); meanwhile another tenant's heartbeat must be answered."""
+    with serve(tmp_path, "sqlite") as (app, url), httpx.Client(base_url=url) as http:
+        other = {"x-api-key": OTHER_KEY}
+        other_base = f"/v1/environments/{OTHER_ENV}/work"
+        work_id = http.post(other_base, headers=other).json()["id"]
+        for _ in range(50):
+            http.post(BASE, headers=AUTH)
+        reading, release = threading.Event(), threading.Event()
+        held_on: list[str] = []
+
+        def hold() -> int:
+            if not held_on:  # only the first statement that runs: the stats call
+                held_on.append(threading.current_thread().name)
+                reading.set()
+                # Let go at the latest after 30 s, so that the test fails
+                # rather than hangs when the heartbeat waits for this read.
+                release.wait(30)
+            return 0
+
+        for conn in _connections(app):
+            conn.set_progress_handler(hold, 1)
+        order: list[str] = []
+
+        def slow_stats() -> None:
+            with httpx.Client(base_url=url, headers=AUTH, timeout=60) as own:
+                assert own.get(f"{BASE}/stats").status_code == 200
+            order.append("stats")
+
+        reader = threading.Thread(target=slow_stats)
+        reader.start()
+        try:
+            assert reading.wait(30), "the stats call never reached SQLite"
+            beat = http.post(
+                f"{other_base}/{work_id}/heartbeat",
+                params={"expected_last_heartbeat": NO_HEARTBEAT},
+                headers=other,
+                timeout=60,
+            )
+            order.append("heartbeat")
+        finally:
+            release.set()
+            reader.join()
+            for conn in _connections(app):
+                conn.set_progress_handler(None, 1)
+        assert beat.status_code == 200, beat.text
+        assert order == ["heartbeat", "stats"]
+        assert held_on == ["leasekit-sqlite-reader"]
+
+
+def test_reads_see_every_answered_write_and_due_expiries(tmp_path: Path, store: str) -> None:
+    config = LeaseConfig(default_ttl_seconds=1, min_ttl_seconds=1, max_ttl_seconds=60)
+    with (
+        serve(tmp_path, store, create={"config": config}) as (_app, url),
+        httpx.Client(base_url=url, headers=AUTH) as http,
+    ):
+
+        def seen() -> tuple[str, str, int, int]:
+            item = http.get(f"{BASE}/{work_id}").json()
+            (listed,) = http.get(BASE).json()["data"]
+            stats = http.get(f"{BASE}/stats").json()
+            return item["state"], listed["state"], stats["depth"], stats["pending"]
+
+        work_id = http.post(BASE).json()["id"]
+        assert seen() == ("queued", "queued", 1, 0)
+        beat = http.post(
+            f"{BASE}/{work_id}/heartbeat", params={"expected_last_heartbeat": NO_HEARTBEAT}
+        )
+        assert beat.status_code == 200
+        assert seen() == ("active", "active", 0, 0)
+        time.sleep(1.2)  # past the 1 s lease: expired, back in the queue
+        assert seen() == ("queued", "queued", 1, 0)
+        if store == "sqlite":
+            # The stats call asked the writer to write the expiry down; a
+            # write answered after it was asked (another item) comes after it.
+            assert http.post(BASE).status_code == 200
+            db = sqlite3.connect(tmp_path / "lease.db")
+            try:
+                row = db.execute(
+                    "SELECT state, deadline_us FROM work WHERE work_id = ?", (work_id,)
+                ).fetchone()
+            finally:
+                db.close()
+            assert row == ("queued", None)
 
 
 # ------------------------------------------------------------------ 7. tenants

@@ -21,11 +21,22 @@ queue. Sequence numbers count per environment, and work ids are random, so
 nothing an environment sees counts another's items. A new file is created
 mode 0600 (it holds the items' secrets); SQLite gives its WAL the same mode.
 
-All database work runs on one writer thread per store, off the event loop,
+Every change runs on one writer thread per store, off the event loop,
 with group commit: the jobs that queued up while a transaction ran share
 the next one (each in its own savepoint, so one job's error undoes only that
 job), and none is answered before that COMMIT returned. Under load, one
 fsync serves many heartbeats.
+
+Pure reads (retrieve, list, stats, the long poll's next due time) run on a
+reader thread with its own connection, so one tenant's reads never queue
+with another tenant's heartbeats. The reads that waited together share one
+read transaction, whose WAL snapshot holds every commit that returned
+before it started: a read sees every change answered before the read
+arrived. A read applies a due expiry to what it answers (the same
+:meth:`~leasekit.lease.LeaseRules.settle` a write applies, at the
+deadline, so the answer is the one a write would persist) without writing
+it; stats that find due expiries ask the writer to persist them, so they
+are settled once, not at every read.
 """
 
 from __future__ import annotations
@@ -223,13 +234,23 @@ class SqliteStore:
         self.path = path
         self.rules = LeaseRules(config)
         self._conn = self._open()
+        self._reader_conn = self._connect()
+        self._reader_conn.execute("PRAGMA query_only=ON")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer = threading.Thread(
             target=self._serve_jobs, name="leasekit-sqlite", daemon=True
         )
+        self._reader = threading.Thread(
+            target=self._serve_reads, name="leasekit-sqlite-reader", daemon=True
+        )
         self._writer.start()
+        self._reader.start()
         self._closed = False
         self._polls_since_prune = 0  # used on the writer thread only
+        # Environments whose due expiries a read asked the writer to persist.
+        self._settling: set[str] = set()
+        self._settling_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -245,12 +266,7 @@ class SqliteStore:
             os.close(fd)
         try:
             # Used by the writer thread only, after this constructor hands it over.
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                check_same_thread=False,
-            )
+            conn = self._connect()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -265,6 +281,59 @@ class SqliteStore:
         except sqlite3.Error as error:
             raise ValueError(f"{self.path}: cannot open as a leasekit database: {error}") from None
         return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection for one thread (created here, used there)."""
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+
+    def _serve_reads(self) -> None:
+        """The reader thread: the reads waiting together share one read
+        transaction (one snapshot, taken after each of them arrived)."""
+        conn = self._reader_conn
+        while (job := self._reads.get()) is not None:
+            batch = [job]
+            stopping = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._reads.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            outcomes: list[tuple[Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN")
+                for fn, _, _, arrival_us in batch:
+                    try:
+                        outcomes.append((fn(conn, max(arrival_us, time.time_ns() // 1000)), None))
+                    except sqlite3.Error:
+                        raise
+                    except Exception as error:
+                        outcomes.append((None, error))
+                conn.execute("COMMIT")
+            except sqlite3.Error as error:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
+                outcomes = [(None, failure)] * len(batch)
+            except Exception:  # never let the reader thread die: every later read would hang
+                logger.exception("SQLite reader: unexpected error in a batch")
+                outcomes = [(None, ApiError(ErrorType.API, "storage error"))] * len(batch)
+            for (_, done, _, _), (result, error_or_none) in zip(batch, outcomes, strict=True):
+                done(result, error_or_none)
+            if stopping:
+                break
+        conn.close()
 
     def _serve_jobs(self) -> None:
         """The writer thread: group commit. Every job waiting when a
@@ -373,6 +442,19 @@ class SqliteStore:
         self, fn: Callable[[sqlite3.Connection, int], T], arrival_us: int, writes: bool = True
     ) -> T:
         """Run a job on the writer thread; resolves after its COMMIT."""
+        return await self._submit(self._jobs, fn, arrival_us, writes)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection, int], T], arrival_us: int) -> T:
+        """Run a job that only reads on the reader thread."""
+        return await self._submit(self._reads, fn, arrival_us, False)
+
+    async def _submit(
+        self,
+        jobs: queue.SimpleQueue[_Job | None],
+        fn: Callable[[sqlite3.Connection, int], T],
+        arrival_us: int,
+        writes: bool,
+    ) -> T:
         if self._closed:
             raise ApiError(ErrorType.OVERLOADED, "the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -383,8 +465,36 @@ class SqliteStore:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future, result, error)
 
-        self._jobs.put((fn, done, writes, arrival_us))
+        jobs.put((fn, done, writes, arrival_us))
         return await future
+
+    def _persist_expiries(self, environment_id: str) -> None:
+        """Ask the writer to persist the environment's due expiries (from the
+        reader thread; answers nobody, and at most one request is waiting)."""
+        with self._settling_lock:
+            if environment_id in self._settling:
+                return
+            self._settling.add(environment_id)
+
+        def settle(conn: sqlite3.Connection, now_us: int) -> None:
+            with self._settling_lock:
+                self._settling.discard(environment_id)
+            self._settle_due(conn, environment_id, now_us)
+
+        def done(_result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                logger.warning("SQLite writer: persisting expiries failed: %s", error)
+
+        self._jobs.put((settle, done, True, 0))
+
+    def _load_as_of(
+        self, conn: sqlite3.Connection, environment_id: str, work_id: str, now_us: int
+    ) -> WorkRecord:
+        """A record as a write at ``now_us`` would find it (due expiry
+        applied), without writing anything."""
+        record = self._load(conn, environment_id, work_id).record
+        self.rules.settle(record, now_us)
+        return record
 
     async def change_token(self) -> int:
         """Changes when another connection (another process) commits."""
@@ -570,7 +680,7 @@ class SqliteStore:
                 candidates.append(handed + reclaim_older_than_ms * 1_000)
             return min(candidates) if candidates else None
 
-        return await self._write(due, 0, writes=False)
+        return await self._read(due, 0)
 
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json:
         def ack(conn: sqlite3.Connection, now_us: int) -> Json:
@@ -610,10 +720,9 @@ class SqliteStore:
 
     async def retrieve(self, environment_id: str, work_id: str, now_us: int) -> Json:
         def retrieve(conn: sqlite3.Connection, now_us: int) -> Json:
-            loaded = self._load_settled(conn, environment_id, work_id, now_us)
-            return loaded.record.to_item().to_json()
+            return self._load_as_of(conn, environment_id, work_id, now_us).to_item().to_json()
 
-        return await self._write(retrieve, now_us)
+        return await self._read(retrieve, now_us)
 
     async def update_metadata(
         self, environment_id: str, work_id: str, now_us: int, patch: Mapping[str, str | None]
@@ -633,42 +742,66 @@ class SqliteStore:
         after = decode_cursor(page)
 
         def page_of(conn: sqlite3.Connection, now_us: int) -> Json:
-            self._settle_due(conn, environment_id, now_us)
             rows = conn.execute(
                 f"{_SELECT} WHERE environment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (environment_id, after, page_size + 1),
             ).fetchall()
             chosen = [_to_record(row) for row in rows[:page_size]]
+            for record in chosen:
+                self.rules.settle(record, now_us)
             cursor = encode_cursor(chosen[-1].seq) if len(rows) > page_size else None
             return WorkList(tuple(r.to_item() for r in chosen), cursor).to_json()
 
-        return await self._write(page_of, now_us)
+        return await self._read(page_of, now_us)
 
     async def stats(self, environment_id: str, now_us: int) -> Json:
         def stats(conn: sqlite3.Connection, now_us: int) -> Json:
-            self._settle_due(conn, environment_id, now_us)
-            _prune_pollers(conn, environment_id, now_us)
             # Counters and index lookups: the cost does not grow with the queue.
             counts = conn.execute(
                 "SELECT depth, pending FROM queue_counts WHERE environment_id = ?",
                 (environment_id,),
             ).fetchone()
             depth, pending = counts or (0, 0)
+            # The counters hold what is written; expiries that are due but
+            # not yet written move items between the counts here.
+            cutoff = expired_up_to_us(now_us)
+            due = conn.execute(
+                f"{_SELECT} WHERE environment_id = ? AND deadline_us <= ?",
+                (environment_id, cutoff),
+            ).fetchall()
+            oldest_due: list[int] = []
+            for row in due:
+                record = _to_record(row)
+                self.rules.settle(record, now_us)
+                was = queue_slot(row[_STATE_AT], row[_HANDED_AT])
+                slot = queue_slot(record.state, record.handed_out_at_us)
+                depth += (slot == IN_DEPTH) - (was == IN_DEPTH)
+                pending += (slot == IN_PENDING) - (was == IN_PENDING)
+                if slot:
+                    oldest_due.append(record.created_at_us)
+            if due:
+                self._persist_expiries(environment_id)
             (oldest,) = conn.execute(
-                "SELECT MIN(created_at_us) FROM work WHERE environment_id = ? AND state = 'queued'",
-                (environment_id,),
+                "SELECT MIN(created_at_us) FROM work WHERE environment_id = ? AND state = 'queued'"
+                " AND (deadline_us IS NULL OR deadline_us > ?)",
+                (environment_id, cutoff),
             ).fetchone()
+            if oldest_due:
+                oldest = min(oldest_due) if oldest is None else min(oldest, *oldest_due)
             (polling,) = conn.execute(
-                "SELECT COUNT(*) FROM pollers WHERE environment_id = ?", (environment_id,)
+                "SELECT COUNT(*) FROM pollers WHERE environment_id = ? AND last_poll_us >= ?",
+                (environment_id, now_us - WORKERS_POLLING_WINDOW_US),
             ).fetchone()
             return QueueStats(depth, pending, oldest, polling).to_json()
 
-        return await self._write(stats, now_us)
+        return await self._read(stats, now_us)
 
     def close(self) -> None:
         """Finish the queued jobs, then close the database (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        self._reads.put(None)  # first: a read may still ask the writer for work
+        self._reader.join()
         self._jobs.put(None)
         self._writer.join()
