@@ -211,6 +211,49 @@ def test_idle_and_half_sent_connections_are_closed(tmp_path: Path) -> None:
             sock.close()
 
 
+def test_connections_that_send_nothing_wait_in_the_lobby_without_a_protocol() -> None:
+    """A burst of idle sockets costs the server a read callback each, not a
+    transport and an HTTP parser, and does not hold up a real request."""
+    from leasekit.server import GuardedServer, listening_socket, uvicorn_config
+
+    app = create_app(keys=KEYS)
+    listener = listening_socket("127.0.0.1", 0, 128)
+    server = GuardedServer(uvicorn_config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    idle: list[socket.socket] = []
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.005)
+        idle = [_connect(url) for _ in range(40)]
+        for _ in range(2_000):  # the lobby takes 16 a turn: wait until it holds all
+            if server.waiting_connections == len(idle):
+                break
+            time.sleep(0.005)
+        assert server.waiting_connections == len(idle)
+        assert len(server.server_state.connections) == 0  # no protocol for any of them
+        with httpx.Client(base_url=url, headers=AUTH) as http:
+            assert http.get(BASE).status_code == 200
+            assert len(server.server_state.connections) == 1
+        idle[0].sendall(f"GET {BASE} HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\r\n".encode())
+        assert idle[0].recv(12) == b"HTTP/1.1 200"  # its first bytes made it a connection
+        for sock in idle[1:]:
+            sock.close()
+        for _ in range(2_000):
+            if server.waiting_connections == 0:
+                break
+            time.sleep(0.005)
+        assert server.waiting_connections == 0
+    finally:
+        for sock in idle:
+            sock.close()
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
+
+
 def test_a_body_that_never_completes_is_a_400_envelope(tmp_path: Path) -> None:
     with serve(tmp_path, "memory") as (app, url):
         app.body_timeout_s = 0.3

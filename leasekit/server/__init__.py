@@ -48,10 +48,12 @@ __all__ = [
     "FaultAction",
     "FaultConfig",
     "Faults",
+    "GuardedServer",
     "LeaseServerApp",
     "Limits",
     "create_app",
     "default_max_connections",
+    "listening_socket",
     "running_server",
     "uvicorn_config",
 ]

@@ -10,12 +10,14 @@ open files". :class:`GuardedH11Protocol` adds the missing parts.
 A burst of new connections (a thousand sockets opened at once) must not
 hold up the requests of connections already open: :class:`GuardedServer`
 accepts at most :data:`ACCEPT_BATCH` connections per turn of the event loop
+and makes nothing for a connection but a read callback until it sends
 (benchmarks/bench_soak.py measures the difference).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import resource
@@ -45,9 +47,8 @@ LISTEN_BACKLOG: Final = 2048
 """The kernel's queue of connections waiting to be accepted (uvicorn's default)."""
 ACCEPT_BATCH: Final = 16
 """At most this many new connections are accepted per turn of the event
-loop. Each costs about a tenth of a millisecond to set up (transport,
-protocol, timer); accepted all at once, a burst of a thousand held up
-every request already waiting by a hundred milliseconds. In batches, those
+loop: accepted all at once, a burst of a thousand held up every request
+already waiting for as long as setting them all up took. In batches, those
 requests are served between them."""
 
 
@@ -104,6 +105,9 @@ class GuardedH11Protocol(H11Protocol):
     timed_out: Throttled
     malformed: Throttled
     _request_timer: asyncio.TimerHandle | None = None
+    first_deadline: float | None = None
+    """When (event-loop time) the first request head must be complete, if
+    not request_timeout_s after the connection is made."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -120,6 +124,10 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
+        if self.first_deadline is not None:  # set by the lobby: its deadline still holds
+            deadline, self.first_deadline = self.first_deadline, None
+            self._request_timer = self.loop.call_at(deadline, self._too_slow)
+            return
         timeout_s = self.request_timeout_s * (1.0 + 0.5 * _jitter.random())
         self._request_timer = self.loop.call_later(timeout_s, self._too_slow)
 
@@ -186,26 +194,164 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
 
 
 class GuardedServer(uvicorn.Server):
-    """``uvicorn.Server`` that accepts at most :data:`ACCEPT_BATCH` new
-    connections per turn of the event loop on the sockets passed to
-    :meth:`run` (``config.backlog`` stays the kernel's queue of connections
-    waiting to be accepted)."""
+    """``uvicorn.Server`` that keeps new connections in a lobby until they send.
+
+    On the sockets passed to :meth:`run` (plain HTTP served by
+    :class:`GuardedH11Protocol`), it accepts at most :data:`ACCEPT_BATCH`
+    connections per turn of the event loop, and a new connection is only a
+    socket, a read callback and a deadline until its first byte arrives:
+    the transport, the HTTP parser and the protocol are made then. An idle
+    socket thus costs a fifth of a served one to open and to close, a
+    connection over the cap is refused before anything is made for it, and
+    one that sends nothing within the request timeout is closed from the
+    lobby. Other configurations are served as ``uvicorn.Server`` does.
+    """
+
+    _lobby: _Lobby | None = None
+
+    @property
+    def waiting_connections(self) -> int:
+        """Connections accepted that have not sent a byte yet."""
+        return 0 if self._lobby is None else len(self._lobby.waiting)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        if not sockets:
+        config = self.config
+        if not config.loaded:
+            config.load()
+        protocol = config.http_protocol_class
+        if not sockets or config.ssl is not None or not issubclass(protocol, GuardedH11Protocol):
             await super().startup(sockets)
             return
-        # asyncio's accept handler takes up to ``backlog`` connections per
-        # readiness of the listening socket (and listens with it): start it
-        # with the batch size, then give the kernel its full queue again.
-        backlog = self.config.backlog
-        self.config.backlog = min(backlog, ACCEPT_BATCH)
+        await super().startup([])  # the lifespan; the listening is ours
+        if self.should_exit:
+            return
+        loop = asyncio.get_running_loop()
+
+        def make_protocol() -> asyncio.Protocol:
+            return protocol(
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=loop,
+            )
+
+        self._lobby = _Lobby(loop, sockets, make_protocol, protocol, self.server_state.connections)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._lobby is not None:
+            self._lobby.close()
+        await super().shutdown(sockets)
+
+
+class _Lobby:
+    """Accepted connections that have not sent a byte: each is a socket, a
+    read callback and a deadline (see :class:`GuardedServer`)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listeners: list[socket.socket],
+        make_protocol: Any,
+        protocol: type[GuardedH11Protocol],
+        connections: set[Any],
+    ) -> None:
+        self.loop = loop
+        self.listeners = listeners
+        self.make_protocol = make_protocol
+        self.protocol = protocol
+        self.connections = connections  # the served ones (uvicorn's set)
+        self.waiting: dict[socket.socket, asyncio.TimerHandle] = {}
+        self.handing_over: set[asyncio.Task[Any]] = set()
+        self.refusal = _raw_error(
+            529,
+            ApiError(
+                ErrorType.OVERLOADED,
+                f"too many open connections (at most {protocol.max_connections}); retry later",
+            ),
+            retry_after_s=1,
+        )
+        self.accept_failed = Throttled("accepting a connection failed (file descriptors?)")
+        for listener in listeners:
+            listener.setblocking(False)
+            loop.add_reader(listener, self._accept, listener)
+
+    def _accept(self, listener: socket.socket) -> None:
+        loop = self.loop
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _address = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError:
+                # Out of descriptors or buffers: the socket stays readable,
+                # so listen again in a moment rather than spin on it.
+                self.accept_failed.hit()
+                loop.remove_reader(listener)
+                loop.call_later(0.1, self._resume, listener)
+                return
+            sock.setblocking(False)
+            if len(self.connections) + len(self.waiting) >= self.protocol.max_connections:
+                self.protocol.refused.hit()
+                with contextlib.suppress(OSError):
+                    sock.send(self.refusal)  # a new socket's buffer takes it whole
+                sock.close()
+                continue
+            timeout_s = self.protocol.request_timeout_s * (1.0 + 0.5 * _jitter.random())
+            self.waiting[sock] = loop.call_later(timeout_s, self._too_slow, sock)
+            loop.add_reader(sock, self._readable, sock)
+
+    def _resume(self, listener: socket.socket) -> None:
+        if listener in self.listeners:
+            self.loop.add_reader(listener, self._accept, listener)
+
+    def _leave(self, sock: socket.socket) -> float:
+        """Take the socket out of the lobby; returns its deadline."""
+        timer = self.waiting.pop(sock)
+        timer.cancel()
+        self.loop.remove_reader(sock)
+        return timer.when()
+
+    def _too_slow(self, sock: socket.socket) -> None:
+        self._leave(sock)
+        self.protocol.timed_out.hit()
+        sock.close()
+
+    def _readable(self, sock: socket.socket) -> None:
+        deadline = self._leave(sock)
         try:
-            await super().startup(sockets)
-        finally:
-            self.config.backlog = backlog
-        for sock in sockets:
-            sock.listen(backlog)
+            first = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            first = b"?"  # nothing after all: let the protocol wait for it
+        except OSError:
+            first = b""
+        if not first:  # closed before sending anything
+            sock.close()
+            return
+        # The bytes stay in the socket for the transport to read; the
+        # request head must still be complete by the lobby's deadline.
+        task = self.loop.create_task(self._serve(sock, deadline))
+        self.handing_over.add(task)
+        task.add_done_callback(self.handing_over.discard)
+
+    async def _serve(self, sock: socket.socket, deadline: float) -> None:
+        def make_protocol() -> GuardedH11Protocol:
+            protocol: GuardedH11Protocol = self.make_protocol()
+            protocol.first_deadline = deadline
+            return protocol
+
+        try:
+            await self.loop.connect_accepted_socket(make_protocol, sock)
+        except OSError:
+            sock.close()
+
+    def close(self) -> None:
+        """Stop accepting and close the waiting connections."""
+        for listener in self.listeners:
+            self.loop.remove_reader(listener)
+        self.listeners = []
+        for sock in list(self.waiting):
+            self._leave(sock)
+            sock.close()
 
 
 def guarded_protocol(
