@@ -42,7 +42,7 @@ class RunResult:
         self,
         scenario: Scenario,
         seed: int,
-        metrics: dict[str, float],
+        metrics: dict[str, float] | None,
         heartbeats_sent: int,
         *,
         rows: list[tuple[Any, ...]] | None = None,
@@ -50,10 +50,20 @@ class RunResult:
     ) -> None:
         self.scenario = scenario
         self.seed = seed
-        self.metrics = metrics
+        self._metrics = metrics
         self.heartbeats_sent = heartbeats_sent
         self.totals = totals if totals is not None else Totals(heartbeats_sent=heartbeats_sent)
         self._rows = rows
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Each metric's value for this run alone (:data:`leasekit.metrics.METRICS`
+        names), from :func:`leasekit.metrics.summarize` of :attr:`totals`."""
+        if self._metrics is None:
+            # Worked out when first read: summarize() loads numpy and scipy
+            # (~0.3 s), which a run that is only counted never needs.
+            self._metrics = {name: e.value for name, e in summarize(self.totals).items()}
+        return self._metrics
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
@@ -98,11 +108,10 @@ def simulate(
         setup(engine)
     monitor = engine.run()
     totals = monitor.totals
-    metrics = {name: estimate.value for name, estimate in summarize(totals).items()}
     return RunResult(
         scenario,
         seed,
-        metrics,
+        None,
         totals.heartbeats_sent,
         rows=monitor.rows if events else None,
         totals=totals,
