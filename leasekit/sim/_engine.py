@@ -322,13 +322,13 @@ class SimWorker:
         assert policy is not None
         engine = self.engine
         enforce = engine.enforce_deadline
-        at = policy.due(send, enforce_deadline=enforce)
+        at = policy.due(send, enforce)
         at = (at if at > now else now) + engine.slack_s
         if self.pauses[0]:
             at = self._paused_until(at)
         if at >= engine.end_s:
             return  # after the run
-        action = policy.sending(send, at, enforce_deadline=enforce)
+        action = policy.sending(send, at, enforce)
         if not isinstance(action, Send):
             self.timer = action
             engine.timeout(at - now, action).callbacks.append(self._on_give_up)
@@ -411,7 +411,6 @@ class SimWorker:
                     attempt.current_state,
                     status,
                 )
-            attempt.answer = None  # let it go with the policy's next answer
             policy = self.policy
             assert policy is not None
             was_held = policy.held
