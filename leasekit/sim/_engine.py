@@ -58,7 +58,7 @@ from ..policy import (
     make_policy,
 )
 from ..protocol import ApiError, PreconditionFailed, WorkState
-from ._monitor import Monitor, Tenure, WorkerLease
+from ._monitor import EventSink, Monitor, Tenure, WorkerLease
 from ._network import (
     NetworkFactory,
     NetworkModel,
@@ -458,7 +458,9 @@ class Engine:
     add processes to it before :meth:`run`), ``workers`` (the
     :class:`SimWorker` list), ``book`` (the server's ``LeaseBook``),
     :meth:`crash`, :meth:`restart`, :meth:`pause` and :meth:`after`.
-    ``events=True`` keeps the event log in the monitor.
+    ``events=True`` keeps the event log in :attr:`rows`; an
+    :data:`~leasekit.sim.EventSink` (such as a
+    :class:`~leasekit.sim.CsvEventWriter`) gets each row as it is recorded.
     """
 
     def __init__(
@@ -468,7 +470,7 @@ class Engine:
         *,
         network: NetworkFactory | None = None,
         progress: Callable[[float], None] | None = None,
-        events: bool = False,
+        events: bool | EventSink = False,
     ) -> None:
         self.scenario = scenario
         self.seed = seed
@@ -477,7 +479,15 @@ class Engine:
         """``env.timeout``, looked up once: it is called three times per heartbeat."""
         self.streams = streams = Streams(seed)
         self.network: NetworkModel = (network or ScenarioNetwork)(scenario, streams)
-        self.monitor = Monitor(scenario, events=events)
+        self.rows: list[tuple[Any, ...]] | None = [] if events is True else None
+        """The event log, when kept in memory (``events=True``): rows of
+        :data:`~leasekit.sim.EVENT_COLUMNS` in the order they were recorded."""
+        sink: EventSink | None = None
+        if self.rows is not None:
+            sink = self.rows.append
+        elif not isinstance(events, bool):
+            sink = events
+        self.monitor = Monitor(scenario, events=sink)
         if scenario.warmup_s > 0:
             # Scheduled first: it comes before anything else at that instant.
             self.after(scenario.warmup_s, self._open_window)
