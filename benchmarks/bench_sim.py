@@ -43,7 +43,7 @@ import simpy  # noqa: E402
 
 from leasekit.lease import LeaseBook, LeaseConfig  # noqa: E402
 from leasekit.policy import Outcome, Result, SdkPolicy, Send, classify_status  # noqa: E402
-from leasekit.protocol import ApiError, HeartbeatAnswer, PreconditionFailed, WorkState  # noqa: E402  # noqa: E402
+from leasekit.protocol import ApiError, HeartbeatAnswer, PreconditionFailed, WorkState  # noqa: E402
 from leasekit.sim import (  # noqa: E402
     EPOCH_US,
     Scenario,
