@@ -42,8 +42,8 @@ from typing import Any  # noqa: E402
 import simpy  # noqa: E402
 
 from leasekit.lease import LeaseBook, LeaseConfig  # noqa: E402
-from leasekit.policy import Result, SdkPolicy, Send, classify_status  # noqa: E402
-from leasekit.protocol import ApiError, PreconditionFailed  # noqa: E402
+from leasekit.policy import Outcome, Result, SdkPolicy, Send, classify_status  # noqa: E402
+from leasekit.protocol import ApiError, HeartbeatAnswer, PreconditionFailed, WorkState  # noqa: E402
 from leasekit.sim import (  # noqa: E402
     EPOCH_US,
     Scenario,
@@ -101,6 +101,82 @@ def bare_model() -> tuple[int, float]:
         env.process(worker(rng.uniform(0, INTERVAL_S)))
     env.run(until=HOURS * 3600)
     return count[0], time.process_time() - cpu_started
+
+
+PARTS_HEARTBEATS = 200_000
+
+
+def parts_model() -> dict[str, float]:
+    """CPU microseconds per heartbeat of the parts any faithful engine of the
+    bench scenario pays for, each alone, on the same traffic (1,000 workers,
+    a heartbeat every 5 s, 50 ms each way):
+
+    * ``simpy``: the two SimPy events of a heartbeat (its processing at the
+      server, its answer at the worker), as ``env.timeout`` with a callback
+      that schedules the next: documented SimPy only, nothing else done;
+    * ``lease_book``: ``LeaseBook.heartbeat`` renewing 1,000 items in time order;
+    * ``policy``: ``SdkPolicy``'s ``due``, ``sending`` and ``observe`` of a
+      ``Result`` per heartbeat.
+
+    Their sum is the least a heartbeat can cost with these parts; what the
+    simulator costs beyond it is its own work (attempts, faults, counting).
+    """
+    beats_per_worker = PARTS_HEARTBEATS // WORKERS
+    out: dict[str, float] = {}
+
+    cpu_started = time.process_time()
+    env = simpy.Environment()
+    timeout = env.timeout
+    left = [PARTS_HEARTBEATS]
+
+    def answered(event: simpy.Event) -> None:
+        left[0] -= 1
+        if left[0] > 0:
+            timeout(INTERVAL_S - DELAY_S, event.value).callbacks.append(arrived)
+
+    def arrived(event: simpy.Event) -> None:
+        timeout(DELAY_S, event.value).callbacks.append(answered)
+
+    rng = random.Random(1)
+    for i in range(WORKERS):
+        timeout(rng.uniform(0, INTERVAL_S), i).callbacks.append(arrived)
+    env.run()
+    out["simpy"] = (time.process_time() - cpu_started) / PARTS_HEARTBEATS * 1e6
+
+    book = LeaseBook(LeaseConfig(TTL_SECONDS, TTL_SECONDS, TTL_SECONDS), secrets_=lambda: "s")
+    book.add_environment("env")
+    work_ids = [f"work_{i:05d}" for i in range(WORKERS)]
+    last = []
+    for work_id in work_ids:
+        book.enqueue("env", EPOCH_US, work_id=work_id)
+        answer = book.heartbeat("env", work_id, EPOCH_US, "NO_HEARTBEAT", None)
+        last.append(answer.last_heartbeat)
+    step_us = round(INTERVAL_S * 1e6 / WORKERS)
+    cpu_started = time.process_time()
+    now_us = EPOCH_US
+    for _ in range(beats_per_worker):
+        for i, work_id in enumerate(work_ids):
+            now_us += step_us
+            last[i] = book.heartbeat("env", work_id, now_us, last[i], None).last_heartbeat
+    out["lease_book"] = (time.process_time() - cpu_started) / PARTS_HEARTBEATS * 1e6
+
+    policies = [SdkPolicy(rng=random.Random(i)) for i in range(WORKERS)]
+    sends = [policy.start(0.0) for policy in policies]
+    answers = [HeartbeatAnswer(f"stamp-{i}", True, WorkState.ACTIVE, 10) for i in range(WORKERS)]
+    ok = Outcome.OK
+    cpu_started = time.process_time()
+    for _ in range(beats_per_worker):
+        for i, policy in enumerate(policies):
+            send = sends[i]
+            at = policy.due(send, False)
+            action = policy.sending(send, at, False)
+            assert isinstance(action, Send)
+            result = Result(ok, at, at + 2 * DELAY_S, answers[i], None, 200)
+            next_action = policy.observe(result)
+            assert isinstance(next_action, Send)
+            sends[i] = next_action
+    out["policy"] = (time.process_time() - cpu_started) / PARTS_HEARTBEATS * 1e6
+    return out
 
 
 def process_model() -> tuple[int, float]:
@@ -184,6 +260,14 @@ def main() -> int:
     print(
         f"bare SimPy model   : {bare_beats:9d} timeouts,   CPU {bare_cpu_s:6.2f} s = "
         f"{bare_rate:9.0f}/s; simulator/bare {sim_cpu_rate / bare_rate:.1%}"
+    )
+    parts = parts_model()
+    floor_us = sum(parts.values())
+    print(
+        "parts alone (CPU us per heartbeat): "
+        + ", ".join(f"{name} {us:.2f}" for name, us in parts.items())
+        + f"; together {floor_us:.2f} us = {1e6 / floor_us:.0f}/s at most with these parts;"
+        f" the simulator {1e6 / sim_cpu_rate:.2f} us"
     )
     if not args.no_process:
         model_beats, model_cpu_s = process_model()

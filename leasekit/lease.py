@@ -326,13 +326,21 @@ class LeaseRules:
     Methods mutate the record in place and bump ``version`` when it changed.
     """
 
-    __slots__ = ("config", "observer")
+    __slots__ = ("config", "observe_renewals", "observer")
 
     def __init__(
-        self, config: LeaseConfig | None = None, observer: TransitionObserver | None = None
+        self,
+        config: LeaseConfig | None = None,
+        observer: TransitionObserver | None = None,
+        *,
+        observe_renewals: bool = True,
     ) -> None:
         self.config = config or LeaseConfig()
         self.observer = observer
+        self.observe_renewals = observe_renewals
+        """False: the observer is not told of renewals (``active -> active``,
+        the most frequent transition by far), for observers that count
+        heartbeats elsewhere and would only ignore them."""
 
     # ---------------------------------------------------------------- validation
 
@@ -396,8 +404,9 @@ class LeaseRules:
             record.handed_out_to = None
             record.ttl_seconds = self.config.default_ttl_seconds
         # NOT_EXTENDED and NOTHING: nothing more (heartbeat() answers NOT_EXTENDED)
-        if self.observer is not None:
-            self.observer(record, event, previous, now_us)
+        observer = self.observer
+        if observer is not None and (event is not _EV_RENEW or self.observe_renewals):
+            observer(record, event, previous, now_us)
         return effect
 
     def settle(self, record: WorkRecord, now_us: int) -> None:
@@ -676,10 +685,11 @@ class LeaseBook:
         config: LeaseConfig | None = None,
         *,
         observer: TransitionObserver | None = None,
+        observe_renewals: bool = True,
         work_ids: Callable[[], str] | None = None,
         secrets_: Callable[[], str] | None = None,
     ) -> None:
-        self.rules = LeaseRules(config, observer)
+        self.rules = LeaseRules(config, observer, observe_renewals=observe_renewals)
         self._environments: dict[str, _Environment] = {}
         self._work_ids = work_ids or _counter_ids("work_")
         self._secrets = secrets_ or (lambda: secrets.token_urlsafe(24))

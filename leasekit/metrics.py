@@ -30,9 +30,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-import numpy as np
-from scipy import special
-
 __all__ = [
     "INTERVALS",
     "METRICS",
@@ -318,13 +315,22 @@ _NAN_ESTIMATE: Final = Estimate(math.nan, math.nan, math.nan, "exact")
 # of benchmarks/bench_sim.py's whole process.
 
 
+# numpy and scipy are imported where they are used: a simulation that is
+# only counted (benchmarks/bench_sim.py, a study's workers) never loads them
+# (0.3 s of a process).
+
+
 def _chi2_quantile(q: float, df: float) -> float:
     """The ``q`` quantile of the chi-squared distribution with ``df`` degrees of freedom."""
+    from scipy import special
+
     return float(2 * special.gammaincinv(df / 2, q))
 
 
 def _beta_quantile(q: float, a: float, b: float) -> float:
     """The ``q`` quantile of the Beta(``a``, ``b``) distribution."""
+    from scipy import special
+
     return float(special.betaincinv(a, b, q))
 
 
@@ -381,6 +387,8 @@ def binomial_proportion(successes: int, trials: int) -> Estimate:
 def bootstrap_mean(samples: Sequence[float]) -> Estimate:
     """The mean of ``samples`` with a percentile-bootstrap interval (fixed seed,
     so the same samples give the same interval)."""
+    import numpy as np
+
     values = np.asarray(samples, dtype=float)
     if values.size == 0:
         return Estimate(math.nan, math.nan, math.nan, "bootstrap", 0)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import inspect
 import math
 import random
@@ -204,7 +205,10 @@ class HeartbeatPolicy(abc.ABC):
         """The policy's parameters, for trace headers and scenario files."""
         return {}
 
-    # The local-deadline rule, for drivers. A policy whose class sets
+    # The local-deadline rule, for drivers. ``enforce_deadline`` may be passed
+    # by position: a call with a keyword costs a simulated heartbeat about 3%
+    # more on Python 3.11 (benchmarks/bench_sim.py), and the simulator makes
+    # six such calls per heartbeat. A policy whose class sets
     # ``local_deadline_rule`` keeps it always; a driver may impose it on any
     # other policy with ``enforce_deadline=True`` (leasekit's keeper does, the
     # simulated official worker does not). Written once here so that the
@@ -232,7 +236,7 @@ class HeartbeatPolicy(abc.ABC):
             sent_at, self.ttl_seconds, self.imposed_clock_drift
         )
 
-    def local_deadline(self, *, enforce_deadline: bool = False) -> float | None:
+    def local_deadline(self, enforce_deadline: bool = False) -> float | None:
         """The local deadline the rule holds the lease to (monotonic seconds),
         ``None`` when no rule applies or before the first success.
 
@@ -248,27 +252,34 @@ class HeartbeatPolicy(abc.ABC):
             return self.send_deadline
         return None
 
-    def limit(self, *, enforce_deadline: bool = False) -> float:
+    def limit(self, enforce_deadline: bool = False) -> float:
         """The local time (monotonic seconds) past which the holder must not
         believe in the lease: :meth:`local_deadline` while a lease is held,
         else ``inf``."""
         if not self.held:
             return _INF
-        deadline = self.local_deadline(enforce_deadline=enforce_deadline)
+        # local_deadline(), written out: limit() runs twice per simulated
+        # heartbeat (benchmarks/bench_sim.py).
+        if self.local_deadline_rule:
+            deadline = self.deadline
+        elif enforce_deadline:
+            deadline = self.send_deadline
+        else:
+            return _INF
         return _INF if deadline is None else deadline
 
-    def due(self, send: Send, *, enforce_deadline: bool = False) -> float:
+    def due(self, send: Send, enforce_deadline: bool = False) -> float:
         """When a driver must act on ``send``: ``send.at``, or the local deadline
         if that comes first (then :meth:`sending` ends the lease)."""
-        limit = self.limit(enforce_deadline=enforce_deadline)
+        limit = self.limit(enforce_deadline)
         return send.at if send.at < limit else limit
 
-    def sending(self, send: Send, now: float, *, enforce_deadline: bool = False) -> Action:
+    def sending(self, send: Send, now: float, enforce_deadline: bool = False) -> Action:
         """A driver is about to send ``send`` at ``now`` (maybe late: a busy
         event loop, a paused process). Returns the ``Send`` to use, its
         timeout cut so the attempt ends by the local deadline, or a
         ``Stop`` (assumed lost) when the deadline has already passed."""
-        limit = self.limit(enforce_deadline=enforce_deadline)
+        limit = self.limit(enforce_deadline)
         if now >= limit:
             return self._stop(
                 EndReason.ASSUMED_LOST,
@@ -922,16 +933,11 @@ def _valid_options(name: str) -> str:
     return words + (f" (parameter sets: {', '.join(presets)})" if presets else "")
 
 
-def make_policy(spec: str, *, rng: random.Random | None = None) -> HeartbeatPolicy:
-    """Build a policy from a short spec: ``sdk``, ``leasekit``, ``fixed:interval=10``.
-
-    Options follow a colon as ``name=value`` pairs separated by commas and
-    map to the constructor's keyword arguments (``fixed`` also takes
-    ``interval``, seconds). A bare word names a parameter set
-    (``leasekit:v1``, see :data:`LEASEKIT_PRESETS`); later options override
-    it. Raises :class:`ValueError` naming the bad part and, for an unknown
-    option, the valid ones.
-    """
+@functools.lru_cache(maxsize=64)
+def _parse_spec(spec: str) -> tuple[type[HeartbeatPolicy], tuple[tuple[str, Any], ...], bool]:
+    """A spec's policy class, its options and whether it takes an ``rng``
+    (cached: a simulation makes a policy per lease, and reading the
+    constructor's signature was most of the 30 us that cost)."""
     name, _, rest = spec.strip().partition(":")
     factory = _POLICIES.get(name)
     if factory is None:
@@ -965,16 +971,34 @@ def make_policy(spec: str, *, rng: random.Random | None = None) -> HeartbeatPoli
                 parser, "a word"
             )
             raise ValueError(f"policy {spec!r}: option {key!r}: not {kind}: {value!r}") from None
-    if "rng" in inspect.signature(factory).parameters:
-        options["rng"] = rng
+    takes_rng = "rng" in inspect.signature(factory).parameters
+    return factory, tuple(options.items()), takes_rng
+
+
+def make_policy(spec: str, *, rng: random.Random | None = None) -> HeartbeatPolicy:
+    """Build a policy from a short spec: ``sdk``, ``leasekit``, ``fixed:interval=10``.
+
+    Options follow a colon as ``name=value`` pairs separated by commas and
+    map to the constructor's keyword arguments (``fixed`` also takes
+    ``interval``, seconds). A bare word names a parameter set
+    (``leasekit:v1``, see :data:`LEASEKIT_PRESETS`); later options override
+    it. Raises :class:`ValueError` naming the bad part and, for an unknown
+    option, the valid ones.
+    """
+    factory, options, takes_rng = _parse_spec(spec)
+    kwargs = dict(options)
+    if takes_rng:
+        kwargs["rng"] = rng
     try:
-        return factory(**options)
+        return factory(**kwargs)
     except TypeError:
         # a required option left out (fixed needs its interval)
+        name = spec.strip().partition(":")[0]
+        aliases = _ALIASES.get(name, {})
         missing = [
             parameter.name
             for parameter in inspect.signature(factory).parameters.values()
-            if parameter.default is inspect.Parameter.empty and parameter.name not in options
+            if parameter.default is inspect.Parameter.empty and parameter.name not in kwargs
         ]
         names = ", ".join(next((a for a, k in aliases.items() if k == m), m) for m in missing)
         raise ValueError(f"policy {spec!r}: {name} needs option(s) {names}") from None

@@ -171,7 +171,7 @@ def _task(
     scenario: Scenario,
     seed: int,
     options: Mapping[str, Any],
-    keep_events: bool = False,
+    keep_events: bool | str = False,
     *,
     progress: Callable[[float], None] | None = None,
 ) -> _Outcome:
@@ -180,7 +180,7 @@ def _task(
         started = time.perf_counter()
         result = simulate(scenario, seed=seed, progress=progress, events=keep_events)
         totals: Totals = result.totals
-        rows = tuple(result.rows) if keep_events else ()
+        rows = tuple(result.rows) if keep_events is True else ()
         wall = time.perf_counter() - started
         return SimpyRun(seed, totals, result.heartbeats_sent, wall, rows)
     if engine == "fast":
@@ -237,7 +237,7 @@ def simpy_runs(
     replications: int = 5,
     *,
     seed: int | None = None,
-    keep_first_events: bool = False,
+    keep_first_events: bool | str = False,
     executor: Executor | None = None,
     processes: int = 1,
     scheduler: str | Client | None = None,
@@ -245,12 +245,14 @@ def simpy_runs(
 ) -> list[SimpyRun]:
     """``replications`` SimPy runs of ``scenario`` with the seeds derived from
     ``seed`` (default: the scenario's, see :func:`leasekit.sim.replication_seed`),
-    in seed order; the first keeps its event log when ``keep_first_events``."""
+    in seed order. The first keeps its event log when ``keep_first_events``
+    is true (in memory: ``rows``), or writes it as it goes to the CSV file
+    ``keep_first_events`` names (on the machine that runs it)."""
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
     base = scenario.seed if seed is None else seed
     tasks: list[tuple[Any, ...]] = [
-        ("simpy", scenario, replication_seed(base, i), {}, keep_first_events and i == 0)
+        ("simpy", scenario, replication_seed(base, i), {}, keep_first_events if i == 0 else False)
         for i in range(replications)
     ]
     bar = _bar(progress, len(tasks), "simulating")

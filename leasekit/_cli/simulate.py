@@ -48,7 +48,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-seconds", type=float, default=60.0, help="fast: wall-time limit (default 60 s)"
     )
-    parser.add_argument("--out", type=Path, help="write events.csv, runs.csv, metrics.json here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write metrics.json, runs.csv and the first run's events.csv (written as the run"
+        " goes, rows in the order recorded) here",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--workers", type=int, help="number of workers")
@@ -69,7 +74,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sim import RunResult, Scenario, ScenarioError, load_scenario, with_overrides
+    from ..sim import Scenario, ScenarioError, load_scenario, with_overrides
     from ..study import estimate, pool_runs, simpy_runs
 
     try:
@@ -92,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--processes must be >= 1")
     progress = not args.quiet and sys.stderr.isatty()
     where = {"processes": args.processes, "scheduler": args.scheduler}
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)  # the event log is written as the run goes
     started = time.perf_counter()
     runs = []
     try:
@@ -100,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
                 scenario,
                 args.replications,
                 seed=args.seed,
-                keep_first_events=args.out is not None,
+                # written as it goes, however long the run
+                keep_first_events=str(args.out / "events.csv") if args.out is not None else False,
                 progress=progress,
                 **where,
             )
@@ -122,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         document["replications"] = len(runs)
         document["seeds"] = [run.seed for run in runs]
     if args.out is not None:
-        _write(args.out, document, runs, scenario, RunResult)
+        _write(args.out, document, runs)
     if args.json:
         print(json.dumps(document))
         return 0
@@ -130,9 +138,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(
-    out: Path, document: dict[str, Any], runs: list[Any], scenario: Any, run_type: Any
-) -> None:
+def _write(out: Path, document: dict[str, Any], runs: list[Any]) -> None:
     import pandas as pd
 
     from ..metrics import summarize
@@ -146,9 +152,6 @@ def _write(
         values = {name: e.value for name, e in summarize(run.totals).items()}
         rows.append({"seed": run.seed, "heartbeats_sent": run.heartbeats_sent, **values})
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
-    first = runs[0]
-    events = run_type(scenario, first.seed, {}, first.heartbeats_sent, rows=list(first.rows))
-    events.events.to_csv(out / "events.csv", index=False)
 
 
 def _print(scenario: Any, args: argparse.Namespace, result: Any, runs: list[Any]) -> None:

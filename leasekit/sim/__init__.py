@@ -34,7 +34,7 @@ cause, as a split-brain or double-holder episode) are in
 
 from ..metrics import Estimate
 from ._engine import ENVIRONMENT_ID, EPOCH_US, Engine, SimWorker
-from ._monitor import EVENT_COLUMNS
+from ._monitor import EVENT_COLUMNS, CsvEventWriter, EventSink
 from ._network import NetworkFactory, NetworkModel, ScenarioNetwork, Streams
 from ._run import (
     Replications,
@@ -67,9 +67,11 @@ __all__ = [
     "EVENT_COLUMNS",
     "Burst",
     "Crashes",
+    "CsvEventWriter",
     "Direction",
     "Engine",
     "Estimate",
+    "EventSink",
     "Fault",
     "Moment",
     "Network",

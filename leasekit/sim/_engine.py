@@ -58,7 +58,7 @@ from ..policy import (
     make_policy,
 )
 from ..protocol import ApiError, PreconditionFailed, WorkState
-from ._monitor import Monitor, Tenure, WorkerLease
+from ._monitor import EventSink, Monitor, Tenure, WorkerLease
 from ._network import (
     NetworkFactory,
     NetworkModel,
@@ -80,7 +80,6 @@ _HEARTBEAT, _POLL, _ACK = "heartbeat", "poll", "ack"
 # ``Event.RENEW`` goes through EnumType's attribute hook (~150 ns a read).
 _TIMEOUT: Final = Outcome.TIMEOUT
 _OK: Final = Outcome.OK
-_RENEW: Final = Event.RENEW
 _NAN: Final = math.nan
 _INF: Final = math.inf
 _OUTCOME_OF: dict[int, Outcome] = {}
@@ -323,13 +322,13 @@ class SimWorker:
         assert policy is not None
         engine = self.engine
         enforce = engine.enforce_deadline
-        at = policy.due(send, enforce_deadline=enforce)
+        at = policy.due(send, enforce)
         at = (at if at > now else now) + engine.slack_s
         if self.pauses[0]:
             at = self._paused_until(at)
         if at >= engine.end_s:
             return  # after the run
-        action = policy.sending(send, at, enforce_deadline=enforce)
+        action = policy.sending(send, at, enforce)
         if not isinstance(action, Send):
             self.timer = action
             engine.timeout(at - now, action).callbacks.append(self._on_give_up)
@@ -391,14 +390,19 @@ class SimWorker:
         engine = self.engine
         now = engine.env.now
         attempt.seen_s = now
-        engine.monitor.attempt_seen(attempt)
+        monitor = engine.monitor
+        if monitor.keep_events:
+            monitor.attempt_seen(attempt)
         status = attempt.status
         kind = attempt.kind
         if kind is _HEARTBEAT:
+            monitor.heartbeat_answers += 1
             if attempt.timed_out:
                 result = Result(_TIMEOUT, attempt.sent_s, now)
             else:
                 assert status is not None
+                if status == 412:
+                    monitor.precondition_failures += 1
                 result = Result(
                     _OUTCOME_OF.get(status) or _outcome(status),
                     attempt.sent_s,
@@ -407,7 +411,6 @@ class SimWorker:
                     attempt.current_state,
                     status,
                 )
-            attempt.answer = None  # let it go with the policy's next answer
             policy = self.policy
             assert policy is not None
             was_held = policy.held
@@ -455,7 +458,9 @@ class Engine:
     add processes to it before :meth:`run`), ``workers`` (the
     :class:`SimWorker` list), ``book`` (the server's ``LeaseBook``),
     :meth:`crash`, :meth:`restart`, :meth:`pause` and :meth:`after`.
-    ``events=True`` keeps the event log in the monitor.
+    ``events=True`` keeps the event log in :attr:`rows`; an
+    :data:`~leasekit.sim.EventSink` (such as a
+    :class:`~leasekit.sim.CsvEventWriter`) gets each row as it is recorded.
     """
 
     def __init__(
@@ -465,7 +470,7 @@ class Engine:
         *,
         network: NetworkFactory | None = None,
         progress: Callable[[float], None] | None = None,
-        events: bool = False,
+        events: bool | EventSink = False,
     ) -> None:
         self.scenario = scenario
         self.seed = seed
@@ -474,12 +479,24 @@ class Engine:
         """``env.timeout``, looked up once: it is called three times per heartbeat."""
         self.streams = streams = Streams(seed)
         self.network: NetworkModel = (network or ScenarioNetwork)(scenario, streams)
-        self.monitor = Monitor(scenario, events=events)
+        self.rows: list[tuple[Any, ...]] | None = [] if events is True else None
+        """The event log, when kept in memory (``events=True``): rows of
+        :data:`~leasekit.sim.EVENT_COLUMNS` in the order they were recorded."""
+        sink: EventSink | None = None
+        if self.rows is not None:
+            sink = self.rows.append
+        elif not isinstance(events, bool):
+            sink = events
+        self.monitor = Monitor(scenario, events=sink)
+        if scenario.warmup_s > 0:
+            # Scheduled first: it comes before anything else at that instant.
+            self.after(scenario.warmup_s, self._open_window)
         self._progress = progress
         server = scenario.server
         self.book = LeaseBook(
             LeaseConfig(server.default_ttl_seconds, server.min_ttl_seconds, server.max_ttl_seconds),
             observer=self._on_transition,
+            observe_renewals=False,  # counted as heartbeat answers
             secrets_=lambda: "simulated-secret",
         )
         self.book.add_environment(ENVIRONMENT_ID)
@@ -559,6 +576,9 @@ class Engine:
         """Call ``callback(event)`` ``delay`` simulated seconds from now
         (``event.value`` is ``value``): one SimPy timeout."""
         self.timeout(delay if delay > 0 else 0.0, value).callbacks.append(callback)
+
+    def _open_window(self, event: Any) -> None:
+        self.monitor.open_window()
 
     def run(self) -> Monitor:
         """Run to ``duration_s``, settle every lease, and return the monitor
@@ -702,7 +722,7 @@ class Engine:
             if start > now and len(waiting) >= server.queue_limit:
                 attempt.processed_s = now
                 attempt.status = server.overload_status
-                self.monitor.request_processed(now)
+                self.monitor.requests += 1
                 self._answer(attempt, now)
                 return
             heapq.heapreplace(self._free_at, start + service)
@@ -744,7 +764,7 @@ class Engine:
             if record is None and long_poll_s > 0 and not attempt.repolled:
                 # A long poll: hold the request and look once more when it ends.
                 attempt.repolled = True
-                self.monitor.request_processed(now)
+                self.monitor.requests += 1
                 self.after(long_poll_s, self._on_process, attempt)
                 return
             attempt.status = 200
@@ -756,13 +776,11 @@ class Engine:
             except ApiError as error:
                 attempt.status = error.status
         if not attempt.repolled:
-            self.monitor.request_processed(now)
+            self.monitor.requests += 1
         self._answer(attempt, now)
 
     def _on_transition(
         self, record: WorkRecord, event: Event, previous: WorkState, now_us: int
     ) -> None:
         """The ``LeaseBook`` observer: every transition, lazy expiries at their real time."""
-        if event is _RENEW:
-            return  # counted as a heartbeat answer; keep the hot path lean
         self.monitor.transition(record, event, previous, (now_us - EPOCH_US) / 1e6, self._acting)

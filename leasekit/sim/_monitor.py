@@ -35,7 +35,11 @@ metrics window ``[warmup_s, duration_s]``):
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ..lease import Event, WorkRecord
@@ -49,7 +53,16 @@ if TYPE_CHECKING:
     from ._engine import Attempt
     from ._scenario import Scenario
 
-__all__ = ["CAUSES", "EVENT_COLUMNS", "Monitor", "Tenure", "WorkerLease", "events_frame"]
+__all__ = [
+    "CAUSES",
+    "EVENT_COLUMNS",
+    "CsvEventWriter",
+    "EventSink",
+    "Monitor",
+    "Tenure",
+    "WorkerLease",
+    "events_frame",
+]
 
 _NAN: Final = math.nan
 _INF: Final = math.inf
@@ -133,27 +146,70 @@ class _Contention:
         self.start_s = start_s
 
 
+EventSink = Callable[[tuple[Any, ...]], None]
+"""Where event-log rows go as they are recorded: called with each row (a
+tuple of :data:`EVENT_COLUMNS`)."""
+
+
+class CsvEventWriter:
+    """An :data:`EventSink` that writes each row to a CSV file as it comes
+    (header :data:`EVENT_COLUMNS`; ``nan`` written as an empty field), so a
+    long run's log costs disk, not memory. Rows are in the order they were
+    recorded: an attempt's row comes when its worker sees how it ended, so
+    sort by ``time_s`` for time order. :meth:`close` when done."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file = self.path.open("w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(EVENT_COLUMNS)
+
+    def __call__(self, row: tuple[Any, ...]) -> None:
+        self._writer.writerow(["" if value != value else value for value in row])  # nan != nan
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class Monitor:
-    """Receives the engine's callbacks; counts :attr:`totals`; keeps the
-    event log's :attr:`rows` when built with ``events=True``.
+    """Receives the engine's callbacks; counts :attr:`totals`; hands each
+    event-log row to ``events`` (an :data:`EventSink`) when it has one.
 
     ``pauses[i]`` is worker ``i``'s sorted, merged ``(starts, ends)`` pause
     spans (the engine's own lists, so pauses added during the run count).
     """
 
-    def __init__(self, scenario: Scenario, *, events: bool = False) -> None:
+    def __init__(self, scenario: Scenario, *, events: EventSink | None = None) -> None:
         self.window_start_s = scenario.warmup_s
         self.window_end_s = scenario.duration_s
         self.totals = Totals()
-        self.keep_events = events
-        self.rows: list[tuple[Any, ...]] = []
-        """The event log (when kept): rows of :data:`EVENT_COLUMNS`, in the
-        order things were recorded."""
+        self.keep_events = events is not None
+        self._emit: EventSink = events if events is not None else _drop
         self.pauses: list[tuple[list[float], list[float]]] = []
         self._live: dict[str, Tenure] = {}
         self._holders: dict[str, dict[int, WorkerLease]] = {}
         self._contended: dict[str, _Contention] = {}
         self._awaiting_takeover: dict[str, list[tuple[float, Tenure]]] = {}
+        # Counted on every message by the engine itself, without a call (a
+        # method call per message was 3% of a heartbeat's instructions in
+        # benchmarks/bench_sim.py): running counts since time 0. The
+        # window's counts are what they grew by after :meth:`open_window`.
+        self.requests = 0
+        """Requests the server processed (of any kind)."""
+        self.heartbeat_answers = 0
+        """Heartbeat attempts whose end (answer or timeout) a worker saw."""
+        self.precondition_failures = 0
+        """Of those, 412 answers."""
+        self._at_window_start = (0, 0, 0)
+
+    def open_window(self) -> None:
+        """The metrics window opens now (at ``warmup_s``, before anything
+        else that happens at that instant): counts start from here."""
+        self._at_window_start = (
+            self.requests,
+            self.heartbeat_answers,
+            self.precondition_failures,
+        )
 
     # ------------------------------------------------------------------ server
 
@@ -206,11 +262,6 @@ class Monitor:
             name = event.value
         if self.keep_events:
             self._row(at_s, name, worker, work_id, f"{previous.value} -> {record.state.value}")
-
-    def request_processed(self, at_s: float) -> None:
-        """The server processed a request (of any kind) at ``at_s``."""
-        if at_s >= self.window_start_s:
-            self.totals.requests += 1
 
     def _tenure_ended(self, tenure: Tenure, at_s: float) -> None:
         tenure.ended_s = at_s
@@ -297,13 +348,9 @@ class Monitor:
             self.totals.double_holder_episodes.append(overlap)
 
     def attempt_seen(self, attempt: Attempt) -> None:
-        """A worker learned how an attempt ended (``seen_s``, ``timed_out`` set)."""
-        if attempt.kind == "heartbeat" and attempt.seen_s >= self.window_start_s:
-            self.totals.heartbeat_answers += 1
-            if attempt.status == 412 and not attempt.timed_out:
-                self.totals.precondition_failures += 1
-        if self.keep_events:
-            self.rows.append(_attempt_row(attempt))
+        """A worker learned how an attempt ended (``seen_s``, ``timed_out``
+        set): its row of the event log. Called only when the log is kept."""
+        self._emit(_attempt_row(attempt))
 
     def crashed(self, worker: int, at_s: float, tenure: Tenure | None) -> None:
         if tenure is not None:
@@ -336,17 +383,22 @@ class Monitor:
                 1 for crash_s, tenure in waiting if crash_s < tenure.ended_s
             )
         self._awaiting_takeover.clear()
+        requests, answers, failures = self._at_window_start
+        self.totals.requests = self.requests - requests
+        self.totals.heartbeat_answers = self.heartbeat_answers - answers
+        self.totals.precondition_failures = self.precondition_failures - failures
         self.totals.heartbeats_sent = heartbeats_sent
         return self.totals
 
     def _row(self, at_s: float, event: str, worker: int, work_id: str, detail: str) -> None:
-        self.rows.append(
+        self._emit(
             (at_s, event, worker, work_id, 0, _NAN, _NAN, _NAN, _NAN, _NAN, "", _NAN, detail)
         )
 
-    def events(self) -> pd.DataFrame:
-        """The event log, ordered by ``time_s`` (ties keep the order of events)."""
-        return events_frame(self.rows)
+
+def _drop(row: tuple[Any, ...]) -> None:
+    """The sink of a run without an event log (never called: rows are made
+    only when ``keep_events``)."""
 
 
 _OUTCOME_NAMES: dict[int, str] = {}

@@ -8,14 +8,16 @@ with its 95% interval (exact Poisson on pooled counts for rates; see
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..metrics import METRICS, Estimate, Totals, summarize
 from ._engine import Engine
-from ._monitor import events_frame
+from ._monitor import CsvEventWriter, EventSink, events_frame
 from ._network import NetworkFactory
 from ._scenario import Scenario
 
@@ -42,24 +44,42 @@ class RunResult:
         self,
         scenario: Scenario,
         seed: int,
-        metrics: dict[str, float],
+        metrics: dict[str, float] | None,
         heartbeats_sent: int,
         *,
         rows: list[tuple[Any, ...]] | None = None,
         totals: Totals | None = None,
+        events_file: Path | None = None,
     ) -> None:
         self.scenario = scenario
         self.seed = seed
-        self.metrics = metrics
+        self._metrics = metrics
         self.heartbeats_sent = heartbeats_sent
         self.totals = totals if totals is not None else Totals(heartbeats_sent=heartbeats_sent)
         self._rows = rows
+        self.events_file = events_file
+        """The CSV file the event log went to (``simulate(..., events=path)``)."""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Each metric's value for this run alone (:data:`leasekit.metrics.METRICS`
+        names), from :func:`leasekit.metrics.summarize` of :attr:`totals`."""
+        if self._metrics is None:
+            # Worked out when first read: summarize() loads numpy and scipy
+            # (~0.3 s), which a run that is only counted never needs.
+            self._metrics = {name: e.value for name, e in summarize(self.totals).items()}
+        return self._metrics
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
         """The event log's rows in the order they were recorded (see
         :data:`EVENT_COLUMNS`); :class:`ValueError` if the run did not keep it."""
         if self._rows is None:
+            if self.events_file is not None:
+                raise ValueError(
+                    f"this run wrote its event log to {self.events_file} instead of keeping it:"
+                    " read it with pandas.read_csv"
+                )
             raise ValueError(
                 "this run did not keep its event log: run it with simulate(..., events=True)"
             )
@@ -80,32 +100,45 @@ def simulate(
     seed: int | None = None,
     network: NetworkFactory | None = None,
     progress: Callable[[float], None] | None = None,
-    events: bool = False,
+    events: bool | str | os.PathLike[str] | EventSink = False,
     setup: Callable[[Engine], None] | None = None,
 ) -> RunResult:
     """Run ``scenario`` once with ``seed`` (default: the scenario's).
 
     ``network`` builds the network model (default: the scenario's own);
     ``progress`` is called with the fraction of simulated time done;
-    ``events=True`` keeps the event log (memory grows with simulated time;
-    without it a run keeps only its counts); ``setup(engine)`` is called
-    before the run starts, to add behaviour (a SimPy process that crashes or
-    pauses workers, see ``docs/simulator.md``).
+    ``setup(engine)`` is called before the run starts, to add behaviour (a
+    SimPy process that crashes or pauses workers, see ``docs/simulator.md``).
+
+    ``events`` asks for the event log (columns :data:`EVENT_COLUMNS`).
+    Without it a run keeps only its counts, and memory does not grow with
+    simulated time. ``True`` keeps the log in memory (``result.rows``,
+    ``result.events``); a path writes it to that CSV file as it goes
+    (:class:`CsvEventWriter`: a long run's log costs disk, not memory); a
+    callable gets each row as it is recorded.
     """
     seed = scenario.seed if seed is None else seed
-    engine = Engine(scenario, seed, network=network, progress=progress, events=events)
-    if setup is not None:
-        setup(engine)
-    monitor = engine.run()
+    writer = None
+    sink: bool | EventSink = events if isinstance(events, bool) or callable(events) else False
+    if isinstance(events, str | os.PathLike):
+        sink = writer = CsvEventWriter(events)
+    try:
+        engine = Engine(scenario, seed, network=network, progress=progress, events=sink)
+        if setup is not None:
+            setup(engine)
+        monitor = engine.run()
+    finally:
+        if writer is not None:
+            writer.close()
     totals = monitor.totals
-    metrics = {name: estimate.value for name, estimate in summarize(totals).items()}
     return RunResult(
         scenario,
         seed,
-        metrics,
+        None,
         totals.heartbeats_sent,
-        rows=monitor.rows if events else None,
+        rows=engine.rows,
         totals=totals,
+        events_file=None if writer is None else writer.path,
     )
 
 
