@@ -58,7 +58,7 @@ def test_a_path_gets_the_log_as_a_csv_and_the_run_keeps_none(tmp_path: Path) -> 
     kept = simulate(lossy(), events=True)
     written = simulate(lossy(), events=path)
     assert written.events_file == path
-    with pytest.raises(ValueError, match="events.csv"):
+    with pytest.raises(ValueError, match=r"events\.csv"):
         _ = written.rows
     frame = pd.read_csv(path)
     assert list(frame.columns) == list(EVENT_COLUMNS)

@@ -199,6 +199,9 @@ class SimWorker:
         """What the one pending timer of the worker is for (a ``Poll`` or a
         ``Send``); a timer that fires for anything else is stale."""
         self.pauses: tuple[list[float], list[float]] = ([], [])
+        self.has_pauses = False
+        """Whether ``pauses`` has a span: read on every event, and a bool on the
+        worker is one memory access where the spans' lists are two more."""
         self.crashes_s: list[float] = []
         self._seen = self._on_seen  # one bound method for every attempt
 
@@ -218,7 +221,7 @@ class SimWorker:
 
     def _wake_at(self, t: float, callback: Callable[[Any], None], value: Any) -> None:
         """Call ``callback(event)`` at ``t`` (after the pause ``t`` falls in)."""
-        if self.pauses[0]:
+        if self.has_pauses:
             t = self._paused_until(t)
         self.engine.after(t - self.engine.env.now, callback, value)
 
@@ -273,7 +276,7 @@ class SimWorker:
         now = self.engine.env.now
         if isinstance(action, Poll):
             self.work_id = ""
-            if action.at <= now and not self.pauses[0]:
+            if action.at <= now and not self.has_pauses:
                 self.timer = None
                 self._send(Attempt(self, _POLL, now, self.engine.request_timeout_s))
             else:
@@ -292,7 +295,7 @@ class SimWorker:
 
     def _on_poll_due(self, event: Any) -> None:
         if event.value is not self.timer or (
-            bool(self.pauses[0]) and self._held_back(event, self._on_poll_due)
+            self.has_pauses and self._held_back(event, self._on_poll_due)
         ):
             return
         self.timer = None
@@ -324,7 +327,7 @@ class SimWorker:
         enforce = engine.enforce_deadline
         at = policy.due(send, enforce)
         at = (at if at > now else now) + engine.slack_s
-        if self.pauses[0]:
+        if self.has_pauses:
             at = self._paused_until(at)
         if at >= engine.end_s:
             return  # after the run
@@ -371,7 +374,7 @@ class SimWorker:
     def _on_give_up(self, event: Any) -> None:
         """The local deadline came before a success: ``sending`` said stop."""
         if event.value is not self.timer or (
-            bool(self.pauses[0]) and self._held_back(event, self._on_give_up)
+            self.has_pauses and self._held_back(event, self._on_give_up)
         ):
             return
         self.timer = None
@@ -385,7 +388,7 @@ class SimWorker:
         attempt: Attempt = event.value
         if attempt.gen != self.gen or attempt.withdrawn:
             return  # it crashed since it sent this, or never sent it
-        if self.pauses[0] and self._held_back(event, self._on_seen):
+        if self.has_pauses and self._held_back(event, self._on_seen):
             return
         engine = self.engine
         now = engine.env.now
@@ -554,6 +557,7 @@ class Engine:
             for start in _poisson_times(pause_rng, config.pauses.rate_per_hour, horizon):
                 spans.append((start, start + pause_duration.sample(pause_rng)))
             worker.pauses = merge_spans(spans)
+            worker.has_pauses = bool(worker.pauses[0])
             crash_rng = streams.rng(f"crashes.{i}")
             crashes = _poisson_times(crash_rng, config.crashes.rate_per_hour, horizon)
             for moment in config.crashes.schedule:
@@ -631,6 +635,7 @@ class Engine:
         # in place: the monitor holds these very lists
         target.pauses[0][:] = starts
         target.pauses[1][:] = ends
+        target.has_pauses = True
         self.monitor.paused(worker, now, duration_s)
         target.paused(now + duration_s)
 
