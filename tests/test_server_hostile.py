@@ -254,6 +254,74 @@ def test_connections_that_send_nothing_wait_in_the_lobby_without_a_protocol() ->
         listener.close()
 
 
+def test_idle_sockets_closed_at_once_are_closed_a_batch_per_loop_turn() -> None:
+    """Forty idle sockets whose peer closes them together are looked at
+    ACCEPT_BATCH per turn of the event loop, not all in one turn (which held
+    up every open connection's request while they were closed)."""
+    from leasekit.server import GuardedServer, listening_socket, uvicorn_config
+    from leasekit.server._connections import ACCEPT_BATCH
+
+    app = create_app(keys=KEYS)
+    listener = listening_socket("127.0.0.1", 0, 128)
+    server = GuardedServer(uvicorn_config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    idle: list[socket.socket] = []
+    turn = [0]
+    ticking = [True]
+    looked_at: list[int] = []  # the loop turn each readable lobby socket was looked at in
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.005)
+        lobby = server._lobby
+        assert lobby is not None
+        first_byte = lobby._first_byte
+
+        def counted(sock: socket.socket, deadline: float) -> None:
+            looked_at.append(turn[0])
+            first_byte(sock, deadline)
+
+        lobby._first_byte = counted  # type: ignore[method-assign]
+
+        def tick() -> None:
+            turn[0] += 1
+            if ticking[0]:
+                lobby.loop.call_soon(tick)
+
+        idle = [_connect(url) for _ in range(40)]
+        for _ in range(2_000):
+            if server.waiting_connections == len(idle):
+                break
+            time.sleep(0.005)
+        assert server.waiting_connections == len(idle)
+        blocked = threading.Event()
+
+        def hold_the_loop() -> None:  # so that every close is seen in one turn
+            blocked.set()
+            time.sleep(0.3)
+
+        lobby.loop.call_soon_threadsafe(tick)
+        lobby.loop.call_soon_threadsafe(hold_the_loop)
+        assert blocked.wait(10)
+        for sock in idle:
+            sock.close()
+        for _ in range(2_000):
+            if len(looked_at) == len(idle):
+                break
+            time.sleep(0.005)
+        assert len(looked_at) == len(idle)
+        assert server.waiting_connections == 0 and not lobby.readable
+        per_turn = [looked_at.count(t) for t in set(looked_at)]
+        assert max(per_turn) <= ACCEPT_BATCH
+    finally:
+        ticking[0] = False
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
+
+
 def test_a_body_that_never_completes_is_a_400_envelope(tmp_path: Path) -> None:
     with serve(tmp_path, "memory") as (app, url):
         app.body_timeout_s = 0.3

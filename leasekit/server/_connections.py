@@ -23,6 +23,7 @@ import random
 import resource
 import socket
 import time
+from collections import deque
 from typing import Any, Final
 
 import uvicorn
@@ -267,6 +268,9 @@ class _Lobby:
         self.protocol = protocol
         self.connections = connections  # the served ones (uvicorn's set)
         self.waiting: dict[socket.socket, asyncio.TimerHandle] = {}
+        self.readable: deque[tuple[socket.socket, float]] = deque()
+        """Lobby sockets that became readable (a first byte, or the peer
+        closed), with their deadlines, for :meth:`_triage`."""
         self.handing_over: set[asyncio.Task[Any]] = set()
         self.refusal = _raw_error(
             529,
@@ -296,7 +300,8 @@ class _Lobby:
                 loop.call_later(0.1, self._resume, listener)
                 return
             sock.setblocking(False)
-            if len(self.connections) + len(self.waiting) >= self.protocol.max_connections:
+            held = len(self.connections) + len(self.waiting) + len(self.readable)
+            if held >= self.protocol.max_connections:
                 self.protocol.refused.hit()
                 with contextlib.suppress(OSError):
                     sock.send(self.refusal)  # a new socket's buffer takes it whole
@@ -323,7 +328,23 @@ class _Lobby:
         sock.close()
 
     def _readable(self, sock: socket.socket) -> None:
-        deadline = self._leave(sock)
+        # Only stop watching it now: a thousand sockets closed at once by
+        # their peer are all readable in one turn of the event loop, and
+        # closing them all then held up the requests of open connections as
+        # long as that took. They are looked at ACCEPT_BATCH per turn instead.
+        self.readable.append((sock, self._leave(sock)))
+        if len(self.readable) == 1:
+            self.loop.call_soon(self._triage)
+
+    def _triage(self) -> None:
+        """Close or hand over up to :data:`ACCEPT_BATCH` readable lobby
+        sockets; the rest on the next turn of the event loop."""
+        for _ in range(min(ACCEPT_BATCH, len(self.readable))):
+            self._first_byte(*self.readable.popleft())
+        if self.readable:
+            self.loop.call_soon(self._triage)
+
+    def _first_byte(self, sock: socket.socket, deadline: float) -> None:
         try:
             first = sock.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
@@ -358,6 +379,8 @@ class _Lobby:
         for sock in list(self.waiting):
             self._leave(sock)
             sock.close()
+        while self.readable:
+            self.readable.popleft()[0].close()
 
 
 def guarded_protocol(
