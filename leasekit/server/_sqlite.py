@@ -152,6 +152,22 @@ def _data_version(conn: sqlite3.Connection, _now_us: int) -> int:
     return int(version)
 
 
+def _with_waiting(first: Any, jobs: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
+    """``first`` and the jobs already waiting behind it (up to
+    :data:`MAX_BATCH` in all), and whether the stop signal (``None``) was
+    among them."""
+    batch = [first]
+    while len(batch) < MAX_BATCH:
+        try:
+            more = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            return batch, True
+        batch.append(more)
+    return batch, False
+
+
 class _Conflict(Exception):
     """The conditional UPDATE matched no row: re-read and re-apply."""
 
@@ -298,17 +314,7 @@ class SqliteStore:
         transaction (one snapshot, taken after each of them arrived)."""
         conn = self._reader_conn
         while (job := self._reads.get()) is not None:
-            batch = [job]
-            stopping = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._reads.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
+            batch, stopping = _with_waiting(job, self._reads)
             outcomes: list[tuple[Any, BaseException | None]] = []
             try:
                 conn.execute("BEGIN")
@@ -344,16 +350,7 @@ class SqliteStore:
             job = self._jobs.get()
             if job is None:
                 break
-            batch = [job]
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
+            batch, stopping = _with_waiting(job, self._jobs)
             try:
                 self._run_batch(batch)
             except Exception:  # never let the writer thread die: every later job would hang
