@@ -206,9 +206,9 @@ class HeartbeatPolicy(abc.ABC):
         return {}
 
     # The local-deadline rule, for drivers. ``enforce_deadline`` may be passed
-    # by position: a call with a keyword costs a simulated heartbeat about 3%
-    # more on Python 3.11 (benchmarks/bench_sim.py), and the simulator makes
-    # six such calls per heartbeat. A policy whose class sets
+    # by position: on Python 3.11 a call with a keyword costs more, and the
+    # simulator calls ``due`` and ``sending`` (each calling ``limit``) on
+    # every heartbeat (benchmarks/bench_sim.py). A policy whose class sets
     # ``local_deadline_rule`` keeps it always; a driver may impose it on any
     # other policy with ``enforce_deadline=True`` (leasekit's keeper does, the
     # simulated official worker does not). Written once here so that the
