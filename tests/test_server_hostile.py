@@ -707,3 +707,58 @@ def test_worker_ids_from_clients_do_not_pile_up_without_stats(tmp_path: Path) ->
     for n in range(5_000):
         book.poll(ENV, later, worker_id=f"new-{n}")
     assert len(book._environments[ENV].pollers) <= 5_000 + 1
+
+
+def test_one_tenants_bulk_requests_start_one_per_loop_turn_and_others_go_first() -> None:
+    """Five list pages of one tenant and one of another, all arriving in the
+    same turn of the event loop: the heavy tenant's start one per turn, and
+    the other tenant's starts in the first turn, not after them."""
+    from leasekit.server._limits import TurnShare
+
+    async def main() -> list[tuple[str, int]]:
+        share = TurnShare()
+        loop = asyncio.get_running_loop()
+        turn = [0]
+        ticking = [True]
+
+        def tick() -> None:
+            turn[0] += 1
+            if ticking[0]:
+                loop.call_soon(tick)
+
+        started: list[tuple[str, int]] = []
+
+        async def request(environment_id: str) -> None:
+            await share.take(environment_id)
+            started.append((environment_id, turn[0]))
+
+        loop.call_soon(tick)
+        await asyncio.gather(*[request("env_heavy") for _ in range(5)], request("env_light"))
+        ticking[0] = False
+        return started
+
+    started = asyncio.run(main())
+    heavy_turns = [t for env, t in started if env == "env_heavy"]
+    light_turn = next(t for env, t in started if env == "env_light")
+    assert len(heavy_turns) == 5 and len(set(heavy_turns)) == 5  # one per turn
+    assert light_turn == min(heavy_turns)  # the other tenant is not queued behind them
+
+
+def test_a_bulk_request_whose_client_left_gives_its_turn_to_the_next() -> None:
+    from leasekit.server._limits import TurnShare
+
+    async def main() -> list[int]:
+        share = TurnShare()
+        order: list[int] = []
+
+        async def request(number: int) -> None:
+            await share.take("env")
+            order.append(number)
+
+        tasks = [asyncio.create_task(request(n)) for n in range(4)]
+        await asyncio.sleep(0)  # all four have asked; the first started
+        tasks[1].cancel()  # its client went away while it waited
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return order
+
+    assert asyncio.run(main()) == [0, 2, 3]

@@ -25,7 +25,7 @@ from ..lease import DEFAULT_RECLAIM_OLDER_THAN_MS
 from ..protocol import ApiError, ErrorType, dumps
 from ._connections import Throttled
 from ._faults import Faults
-from ._limits import QUEUE_FULL_RETRY_AFTER_S, Limits, RateLimited, RequestRates
+from ._limits import QUEUE_FULL_RETRY_AFTER_S, Limits, RateLimited, RequestRates, TurnShare
 from ._store import Json, Store
 
 logger = logging.getLogger("leasekit.server")
@@ -118,6 +118,9 @@ _LIST, _CREATE, _POLL, _STATS, _RETRIEVE, _UPDATE, _ACK, _HEARTBEAT, _STOP = (
     "stop",
 )
 _WITH_BODY: Final = frozenset({_CREATE, _UPDATE, _STOP})
+_BULK: Final = frozenset({_LIST, _STATS, _CREATE})
+"""Routes whose work is bulk: one environment starts one per event-loop turn
+(:class:`~leasekit.server._limits.TurnShare`)."""
 
 
 def _route(method: str, path: str) -> tuple[str, str, str] | None:
@@ -184,6 +187,7 @@ class LeaseServerApp:
         self.limits = limits or Limits()
         rate = self.limits.requests_per_second
         self._rates = None if rate is None else RequestRates(rate, self.limits.burst)
+        self._bulk = TurnShare()
         self._unexpected = Throttled("unexpected errors (tracebacks: the first of each interval)")
         self._unexpected_traced_at = -1e9
 
@@ -260,6 +264,8 @@ class LeaseServerApp:
             body = b""
             if route_name in _WITH_BODY:
                 body = await self._read_body(headers, receive)
+            if route_name in _BULK:
+                await self._bulk.take(environment_id)
             status = 200
             answer: Json | None = await self._dispatch(
                 route_name, environment_id, work_id, scope, headers, body

@@ -7,7 +7,9 @@ requests or of new items answers 429 ``rate_limit_error`` with a
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,3 +77,62 @@ class RequestRates:
                 max(1, math.ceil(wait_s)),
             )
         self._buckets[environment_id] = (tokens - 1.0, now_s)
+
+
+class TurnShare:
+    """At most ``per_turn`` requests of one environment start per turn of the
+    event loop; the others wait, in arrival order, for the next turns.
+
+    For the routes whose work is bulk (a list page, stats, a create): a
+    tenant with many connections could otherwise put one such request per
+    connection into the same turn, and another tenant's heartbeat that
+    arrived in that turn waited for all of them (benchmarks/bench_soak.py:
+    two list-page floods alone doubled the keepers' p99). Each tenant's
+    bulk requests still run at the pace of the turns, and its heartbeats
+    are not affected.
+    """
+
+    __slots__ = ("_new_turn_scheduled", "_started", "_waiting", "per_turn")
+
+    def __init__(self, per_turn: int = 1) -> None:
+        if per_turn < 1:
+            raise ValueError(f"per_turn: must be >= 1, got {per_turn}")
+        self.per_turn = per_turn
+        self._started: dict[str, int] = {}
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+        self._new_turn_scheduled = False
+
+    async def take(self, environment_id: str) -> None:
+        """Return when the request may start (at once, or in a later turn)."""
+        started = self._started.get(environment_id, 0)
+        if started < self.per_turn and environment_id not in self._waiting:
+            self._started[environment_id] = started + 1
+            self._schedule_new_turn()
+            return
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(environment_id, deque()).append(ticket)
+        self._schedule_new_turn()
+        await ticket
+
+    def _schedule_new_turn(self) -> None:
+        if not self._new_turn_scheduled:
+            self._new_turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._new_turn)
+
+    def _new_turn(self) -> None:
+        """The next turn: each environment's waiting requests may start, up to
+        ``per_turn`` of them (a cancelled one, its client gone, is skipped)."""
+        self._new_turn_scheduled = False
+        self._started.clear()
+        for environment_id, tickets in list(self._waiting.items()):
+            let_in = 0
+            while tickets and let_in < self.per_turn:
+                ticket = tickets.popleft()
+                if not ticket.done():
+                    ticket.set_result(None)
+                    let_in += 1
+            self._started[environment_id] = let_in
+            if not tickets:
+                del self._waiting[environment_id]
+        if self._waiting:
+            self._schedule_new_turn()
