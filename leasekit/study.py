@@ -218,6 +218,25 @@ def _bar(progress: bool | Progress | None, total: int, what: str) -> Any:
     return progress
 
 
+def _run_tasks(
+    tasks: list[tuple[Any, ...]],
+    what: str,
+    executor: Executor | None,
+    processes: int,
+    scheduler: str | Client | None,
+    progress: bool | Progress | None,
+) -> list[_Outcome]:
+    """Run :func:`_task` on each of ``tasks`` wherever asked, in task order,
+    with a progress bar (one this call made is closed after)."""
+    bar = _bar(progress, len(tasks), what)
+    try:
+        with executor_for(executor=executor, processes=processes, scheduler=scheduler) as pool:
+            return run_ordered(_task, tasks, executor=pool, progress=bar)
+    finally:
+        if progress is True and bar is not None:
+            bar.close()
+
+
 def pool_runs(runs: Sequence[SimpyRun], *, wall_seconds: float | None = None) -> EngineResult:
     """The SimPy engine's answer for many runs of one scenario: their totals
     pooled by :func:`leasekit.metrics.summarize`."""
@@ -255,13 +274,7 @@ def simpy_runs(
         ("simpy", scenario, replication_seed(base, i), {}, keep_first_events if i == 0 else False)
         for i in range(replications)
     ]
-    bar = _bar(progress, len(tasks), "simulating")
-    try:
-        with executor_for(executor=executor, processes=processes, scheduler=scheduler) as pool:
-            outcomes = run_ordered(_task, tasks, executor=pool, progress=bar)
-    finally:
-        if progress is True and bar is not None:
-            bar.close()
+    outcomes = _run_tasks(tasks, "simulating", executor, processes, scheduler, progress)
     return [o for o in outcomes if isinstance(o, SimpyRun)]
 
 
@@ -412,13 +425,7 @@ def sweep(
         else:
             tasks.append((engine, configured, base_seed, dict((options or {}).get(engine, {}))))
         spans.append((start, len(tasks)))
-    bar = _bar(progress, len(tasks), "sweep")
-    try:
-        with executor_for(executor=executor, processes=processes, scheduler=scheduler) as pool:
-            outcomes = run_ordered(_task, tasks, executor=pool, progress=bar)
-    finally:
-        if progress is True and bar is not None:
-            bar.close()
+    outcomes = _run_tasks(tasks, "sweep", executor, processes, scheduler, progress)
     rows = []
     for (label, point, engine, _configured, base_seed), (start, end) in zip(
         configs, spans, strict=True
