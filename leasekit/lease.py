@@ -32,7 +32,7 @@ import heapq
 import itertools
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -961,6 +961,13 @@ class LeaseBook:
         self, environment_id: str, now_us: int, *, limit: int | None = None, page: str | None = None
     ) -> WorkList:
         """A page of items in creation order; ``page`` is the cursor from the last page."""
+        chosen, cursor = self.list_records(environment_id, now_us, limit=limit, page=page)
+        return WorkList(tuple(r.to_item() for r in chosen), cursor)
+
+    def list_records(
+        self, environment_id: str, now_us: int, *, limit: int | None = None, page: str | None = None
+    ) -> tuple[Sequence[WorkRecord], str | None]:
+        """:meth:`list`'s page as the (settled) records and the next cursor."""
         env = self._env(environment_id)
         limit = validate_list_limit(limit)
         after = decode_cursor(page)
@@ -973,7 +980,7 @@ class LeaseBook:
             self._settle(env, record, now_us)
         more = start + limit < len(order)
         cursor = encode_cursor(chosen[-1].seq) if more else None
-        return WorkList(tuple(r.to_item() for r in chosen), cursor)
+        return chosen, cursor
 
     def stats(self, environment_id: str, now_us: int) -> QueueStats:
         """Queue depth, pending hand-outs, oldest waiting item, recent pollers."""

@@ -26,7 +26,7 @@ from ..protocol import ApiError, ErrorType, dumps
 from ._connections import Throttled
 from ._faults import Faults
 from ._limits import QUEUE_FULL_RETRY_AFTER_S, Limits, RateLimited, RequestRates, TurnShare
-from ._store import Json, Store
+from ._store import EncodedJson, Json, Store
 
 logger = logging.getLogger("leasekit.server")
 
@@ -267,7 +267,7 @@ class LeaseServerApp:
             if route_name in _BULK:
                 await self._bulk.take(environment_id)
             status = 200
-            answer: Json | None = await self._dispatch(
+            answer: Json | EncodedJson | None = await self._dispatch(
                 route_name, environment_id, work_id, scope, headers, body
             )
         except ApiError as error:
@@ -307,12 +307,12 @@ class LeaseServerApp:
         self,
         send: Send,
         status: int,
-        answer: Json | None,
+        answer: Json | EncodedJson | None,
         request_id: str,
         retry_after_s: int | None = None,
     ) -> None:
         try:
-            payload = dumps(answer)
+            payload = answer if isinstance(answer, EncodedJson) else dumps(answer)
         except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
             # Nothing may store text that cannot be encoded (see check_text);
             # if something did, the client still gets the envelope.
@@ -428,7 +428,7 @@ class LeaseServerApp:
         scope: Scope,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
-    ) -> Json | None:
+    ) -> Json | EncodedJson | None:
         store = self.store
         if route == _HEARTBEAT:
             query = _parse_query(scope["query_string"])

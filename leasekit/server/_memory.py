@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..lease import LeaseBook, LeaseConfig, random_work_id
-from ._store import Json
+from ._pages import ItemPages
+from ._store import EncodedJson, Json
 
 
 class MemoryStore:
@@ -15,6 +16,7 @@ class MemoryStore:
 
     def __init__(self, config: LeaseConfig) -> None:
         self.book = LeaseBook(config, work_ids=random_work_id)
+        self._pages = ItemPages()
 
     def add_environment(self, environment_id: str) -> None:
         self.book.add_environment(environment_id)
@@ -83,8 +85,10 @@ class MemoryStore:
 
     async def list(
         self, environment_id: str, now_us: int, limit: int | None, page: str | None
-    ) -> Json:
-        return self.book.list(environment_id, now_us, limit=limit, page=page).to_json()
+    ) -> EncodedJson:
+        records, cursor = self.book.list_records(environment_id, now_us, limit=limit, page=page)
+        # Every change of a live record bumps its version.
+        return self._pages.page(((r, r.version) for r in records), cursor)
 
     async def stats(self, environment_id: str, now_us: int) -> Json:
         return self.book.stats(environment_id, now_us).to_json()

@@ -76,8 +76,9 @@ from ..lease import (
     reclaimable_up_to_us,
     validate_list_limit,
 )
-from ..protocol import ApiError, ErrorType, QueueStats, WorkList, WorkState
-from ._store import Json
+from ..protocol import ApiError, ErrorType, QueueStats, WorkState
+from ._pages import ItemPages
+from ._store import EncodedJson, Json
 
 T = TypeVar("T")
 logger = logging.getLogger("leasekit.server")
@@ -254,6 +255,7 @@ class SqliteStore:
         self._reader_conn.execute("PRAGMA query_only=ON")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._pages = ItemPages()  # used by list pages, on the reader thread only
         self._writer = threading.Thread(
             target=self._serve_jobs, name="leasekit-sqlite", daemon=True
         )
@@ -734,20 +736,26 @@ class SqliteStore:
 
     async def list(
         self, environment_id: str, now_us: int, limit: int | None, page: str | None
-    ) -> Json:
+    ) -> EncodedJson:
         page_size = validate_list_limit(limit)
         after = decode_cursor(page)
 
-        def page_of(conn: sqlite3.Connection, now_us: int) -> Json:
+        def page_of(conn: sqlite3.Connection, now_us: int) -> EncodedJson:
             rows = conn.execute(
                 f"{_SELECT} WHERE environment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (environment_id, after, page_size + 1),
             ).fetchall()
-            chosen = [_to_record(row) for row in rows[:page_size]]
-            for record in chosen:
+            chosen = []
+            for row in rows[:page_size]:
+                record = _to_record(row)
+                stored = record.version
                 self.rules.settle(record, now_us)
-            cursor = encode_cursor(chosen[-1].seq) if len(rows) > page_size else None
-            return WorkList(tuple(r.to_item() for r in chosen), cursor).to_json()
+                # A copy settled here: the stored version and how far the
+                # settle moved it name its content (a writer may have saved
+                # another change as the same version since this was read).
+                chosen.append((record, (stored, record.version)))
+            cursor = encode_cursor(chosen[-1][0].seq) if len(rows) > page_size else None
+            return self._pages.page(chosen, cursor)
 
         return await self._read(page_of, now_us)
 

@@ -13,6 +13,12 @@ from typing import Any, Protocol
 Json = dict[str, Any]
 
 
+class EncodedJson(bytes):
+    """An answer already encoded as the server sends JSON (compact, UTF-8):
+    the HTTP layer sends these bytes as they are. List pages come this way
+    (:mod:`._pages`)."""
+
+
 class Store(Protocol):
     recheck_s: float | None
     """How often a waiting long poll looks again for changes that this
@@ -66,7 +72,7 @@ class Store(Protocol):
 
     async def list(
         self, environment_id: str, now_us: int, limit: int | None, page: str | None
-    ) -> Json: ...
+    ) -> Json | EncodedJson: ...
 
     async def stats(self, environment_id: str, now_us: int) -> Json: ...
 
