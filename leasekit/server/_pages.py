@@ -41,6 +41,11 @@ class ItemPages:
     def __len__(self) -> int:
         return len(self._encoded)
 
+    def cached(self, environment_id: str, work_id: str, key: Hashable) -> bytes | None:
+        """The item's JSON if it was encoded under ``key``, else ``None``."""
+        kept = self._encoded.get((environment_id, work_id))
+        return kept[1] if kept is not None and kept[0] == key else None
+
     def item(self, record: WorkRecord, key: Hashable) -> bytes:
         """The record's API JSON (no secret), as the server encodes it."""
         name = (record.environment_id, record.work_id)
@@ -57,6 +62,10 @@ class ItemPages:
         self, records: Iterable[tuple[WorkRecord, Hashable]], next_page: str | None
     ) -> EncodedJson:
         """``{"data": [...], "next_page": ...}`` for ``(record, key)`` pairs."""
-        items = b",".join([self.item(record, key) for record, key in records])
+        return self.join([self.item(record, key) for record, key in records], next_page)
+
+    @staticmethod
+    def join(items: list[bytes], next_page: str | None) -> EncodedJson:
+        """The page of these encoded items."""
         cursor = json.dumps(next_page).encode()
-        return EncodedJson(b'{"data":[' + items + b'],"next_page":' + cursor + b"}")
+        return EncodedJson(b'{"data":[' + b",".join(items) + b'],"next_page":' + cursor + b"}")
