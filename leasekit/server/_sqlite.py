@@ -143,13 +143,43 @@ _Job = tuple[_Work, Callable[[Any, "BaseException | None"], None], bool, int]
 """(work, callback with the result or the error, whether it writes, arrival time us)"""
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return  # the request went away; its change (if any) is committed all the same
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
+class _LoopReply:
+    """Where a job from an event loop answers: its future, resolved on its loop."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        _answer([(None, self, False, 0)], [(result, error)])
+
+
+def _resolve(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in answers:
+        if future.done():
+            continue  # the request went away; its change (if any) is committed all the same
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def _answer(batch: list[Any], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+    """Hand each job of a batch its outcome. The jobs of one event loop wake
+    it once for the whole batch: a wake-up per job cost the writer a system
+    call each and the loop a callback each (``benchmarks/bench_server.py``)."""
+    replies: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    for (_, done, _, _), (result, error) in zip(batch, outcomes, strict=True):
+        if isinstance(done, _LoopReply):
+            replies.setdefault(done.loop, []).append((done.future, result, error))
+        else:
+            done(result, error)
+    for loop, answers in replies.items():
+        # the loop may be gone at shutdown; the change is committed all the same
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, answers)
 
 
 def _data_version(conn: sqlite3.Connection, _now_us: int) -> int:
@@ -229,10 +259,12 @@ def _to_row(record: WorkRecord) -> tuple[Any, ...]:
 
 
 def _to_record(row: tuple[Any, ...]) -> WorkRecord:
-    fields = dict(zip(_FIELDS, row, strict=True))
-    fields["state"] = WorkState(fields["state"])
-    fields["metadata"] = json.loads(fields["metadata"])
-    return WorkRecord(**fields)
+    """The record of a row of ``_FIELDS`` (in ``WorkRecord``'s field order)."""
+    values = list(row)
+    values[_STATE_AT] = WorkState(row[_STATE_AT])
+    text = row[_METADATA_AT]
+    values[_METADATA_AT] = {} if text == _EMPTY_METADATA else json.loads(text)
+    return WorkRecord(*values)
 
 
 class _Loaded:
@@ -341,8 +373,7 @@ class SqliteStore:
             except Exception:  # never let the reader thread die: every later read would hang
                 logger.exception("SQLite reader: unexpected error in a batch")
                 outcomes = [(None, ApiError(ErrorType.API, "storage error"))] * len(batch)
-            for (_, done, _, _), (result, error_or_none) in zip(batch, outcomes, strict=True):
-                done(result, error_or_none)
+            _answer(batch, outcomes)
             if stopping:
                 break
         conn.close()
@@ -389,8 +420,7 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
                 failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
                 outcomes = [(None, failure)] * len(batch)
-        for (_, done, _, _), (result, error_or_none) in zip(batch, outcomes, strict=True):
-            done(result, error_or_none)
+        _answer(batch, outcomes)
 
     def _apply(
         self, conn: sqlite3.Connection, fn: _Work, arrival_us: int
@@ -462,13 +492,7 @@ class SqliteStore:
             raise ApiError(ErrorType.OVERLOADED, "the server is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            # the loop may be gone at shutdown; the change is committed all the same
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, future, result, error)
-
-        jobs.put((fn, done, writes, arrival_us))
+        jobs.put((fn, _LoopReply(loop, future), writes, arrival_us))
         return await future
 
     def _persist_expiries(self, environment_id: str) -> None:
