@@ -1,7 +1,7 @@
 """List pages joined from each item's JSON, encoded once per item version.
 
 Building a 100-item page from scratch (an API item per record, its
-timestamps, a dict each, then ``json.dumps``) costs about 1.5 ms of the
+timestamps, a dict each, then ``json.dumps``) costs about 1 ms of the
 event loop that every tenant shares, so a tenant paging through a long
 queue over and over delays every other tenant's heartbeats by that much
 (``benchmarks/bench_soak.py``). An item's JSON changes only when the item
