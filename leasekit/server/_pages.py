@@ -41,11 +41,6 @@ class ItemPages:
     def __len__(self) -> int:
         return len(self._encoded)
 
-    def cached(self, environment_id: str, work_id: str, key: Hashable) -> bytes | None:
-        """The item's JSON if it was encoded under ``key``, else ``None``."""
-        kept = self._encoded.get((environment_id, work_id))
-        return kept[1] if kept is not None and kept[0] == key else None
-
     def item(self, record: WorkRecord, key: Hashable) -> bytes:
         """The record's API JSON (no secret), as the server encodes it."""
         name = (record.environment_id, record.work_id)

@@ -70,7 +70,6 @@ from ..lease import (
     encode_cursor,
     expired_up_to_us,
     expiry_at_us,
-    lease_expired,
     new_record,
     queue_slot,
     random_work_id,
@@ -122,9 +121,6 @@ _INSERT: Final = (
     f"INSERT INTO work ({', '.join(_FIELDS)}) VALUES ({', '.join('?' for _ in _FIELDS)})"
 )
 _MUTABLE_AT: Final = tuple(range(len(_KEY_FIELDS), len(_FIELDS)))
-_VERSION_AT: Final = _FIELDS.index("version")
-_DEADLINE_AT: Final = _FIELDS.index("deadline_us")
-_SEQ_AT: Final = _FIELDS.index("seq")
 
 
 @functools.cache
@@ -773,23 +769,17 @@ class SqliteStore:
                 f"{_SELECT} WHERE environment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (environment_id, after, page_size + 1),
             ).fetchall()
-            pages, items = self._pages, []
+            chosen = []
             for row in rows[:page_size]:
+                record = _to_record(row)
+                stored = record.version
+                self.rules.settle(record, now_us)
                 # A copy settled here: the stored version and how far the
                 # settle moved it name its content (a writer may have saved
                 # another change as the same version since this was read).
-                stored, deadline_us = row[_VERSION_AT], row[_DEADLINE_AT]
-                if deadline_us is None or not lease_expired(deadline_us, now_us):
-                    # Settling would not move it: no record to build.
-                    encoded = pages.cached(row[0], row[1], (stored, stored))
-                    if encoded is not None:
-                        items.append(encoded)
-                        continue
-                record = _to_record(row)
-                self.rules.settle(record, now_us)
-                items.append(pages.item(record, (stored, record.version)))
-            more = len(rows) > page_size
-            return pages.join(items, encode_cursor(rows[page_size - 1][_SEQ_AT]) if more else None)
+                chosen.append((record, (stored, record.version)))
+            cursor = encode_cursor(chosen[-1][0].seq) if len(rows) > page_size else None
+            return self._pages.page(chosen, cursor)
 
         return await self._read(page_of, now_us)
 
