@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -430,75 +432,71 @@ def test_a_tenant_over_its_request_rate_gets_429_and_the_others_do_not(
 # ------------------------------------------------------------------ 4. one tenant's queue
 
 
-def _instructions(app: LeaseServerApp, call: Any) -> int:
-    """SQLite virtual-machine steps (in thousands) that ``call`` makes the store run:
-    a cost measure that does not depend on the machine's load."""
+def test_sqlite_stats_list_and_heartbeats_cost_the_same_whatever_another_queue_holds(
+    tmp_path: Path,
+) -> None:
+    """The storage operations, run on a connection of this process, counted
+    in SQLite virtual-machine steps (thousands): a cost measure that does
+    not depend on the machine's load."""
+    from leasekit.server._sqlite import _connect, _Engine, _open_database, _run_reads, _run_writes
+
+    path = tmp_path / "cost.db"
+    _open_database(path)
+    engine = _Engine(LeaseConfig())
     steps = [0]
 
     def count() -> int:
         steps[0] += 1
         return 0
 
-    connections = _connections(app)
-    for conn in connections:
-        conn.set_progress_handler(count, 1000)
-    try:
-        call()
-    finally:
-        for conn in connections:
-            conn.set_progress_handler(None, 1000)
-    return steps[0]
+    with closing(_connect(path)) as conn:
 
+        def run(operation: str, *args: Any) -> Any:
+            runs = _run_reads if operation in ("stats", "list_page") else _run_writes
+            [(result, error)] = runs(conn, engine, [(0, operation, time.time_ns() // 1000, args)])
+            assert error is None, error
+            return result
 
-def _connections(app: LeaseServerApp) -> list[sqlite3.Connection]:
-    """The SQLite store's connections: the writer's, and the reader's if it has one."""
-    store: Any = app.store
-    return [store._conn, *([store._reader_conn] if hasattr(store, "_reader_conn") else [])]
+        def steps_of(operation: str, *args: Any) -> int:
+            steps[0] = 0
+            conn.set_progress_handler(count, 1000)
+            try:
+                run(operation, *args)
+            finally:
+                conn.set_progress_handler(None, 1000)
+            return steps[0]
 
-
-def test_sqlite_stats_list_and_heartbeats_cost_the_same_whatever_another_queue_holds(
-    tmp_path: Path,
-) -> None:
-    with serve(tmp_path, "sqlite") as (app, url), httpx.Client(base_url=url) as http:
-        other = {"x-api-key": OTHER_KEY}
-        other_base = f"/v1/environments/{OTHER_ENV}/work"
-        work_id = http.post(other_base, headers=other).json()["id"]
+        work_id = run("enqueue", OTHER_ENV)["id"]
         echo = [NO_HEARTBEAT]
 
-        def heartbeat() -> None:
-            answer = http.post(
-                f"{other_base}/{work_id}/heartbeat",
-                params={"expected_last_heartbeat": echo[0]},
-                headers=other,
-            )
-            echo[0] = answer.json()["last_heartbeat"]
+        def heartbeat_steps() -> int:
+            steps[0] = 0
+            conn.set_progress_handler(count, 1000)
+            try:
+                echo[0] = run("heartbeat", OTHER_ENV, work_id, echo[0], None)["last_heartbeat"]
+            finally:
+                conn.set_progress_handler(None, 1000)
+            return steps[0]
 
         def cost() -> dict[str, int]:
             return {
-                "stats of the big queue": _instructions(
-                    app, lambda: http.get(f"{BASE}/stats", headers=AUTH)
-                ),
-                "list of the big queue": _instructions(
-                    app, lambda: http.get(BASE, params={"limit": 100}, headers=AUTH)
-                ),
-                "stats of the other": _instructions(
-                    app, lambda: http.get(f"{other_base}/stats", headers=other)
-                ),
-                "list of the other": _instructions(
-                    app, lambda: http.get(other_base, headers=other)
-                ),
-                "heartbeat of the other": _instructions(app, heartbeat),
+                "stats of the big queue": steps_of("stats", ENV),
+                "list of the big queue": steps_of("list_page", ENV, 0, 100),
+                "stats of the other": steps_of("stats", OTHER_ENV),
+                "list of the other": steps_of("list_page", OTHER_ENV, 0, 20),
+                "heartbeat of the other": heartbeat_steps(),
             }
 
         for _ in range(100):
-            http.post(BASE, headers=AUTH)
+            run("enqueue", ENV)
         small = cost()
-        app.store.seed(ENV, 5_000, time.time_ns() // 1000)
+        for _ in range(5_000):
+            run("enqueue", ENV)
         large = cost()
-        stats = http.get(f"{BASE}/stats", headers=AUTH).json()
+        stats, _due = run("stats", ENV)
         assert stats["depth"] == 5_100 and stats["pending"] == 0
-        for name, steps in large.items():
-            assert steps <= 2 * small[name] + 20, (name, small, large)
+    for name, cost_steps in large.items():
+        assert cost_steps <= 2 * small[name] + 20, (name, small, large)
 
 
 def test_sqlite_queue_counters_agree_with_the_items_and_survive_a_restart(
@@ -529,28 +527,17 @@ def test_sqlite_queue_counters_agree_with_the_items_and_survive_a_restart(
 
 
 def test_sqlite_a_slow_read_does_not_hold_another_tenants_heartbeat(tmp_path: Path) -> None:
-    """A stats call of one tenant is held inside SQLite (a progress handler
-    that waits); meanwhile another tenant's heartbeat must be answered."""
+    """A stats call of one tenant is held in the reader (its process is
+    stopped); meanwhile another tenant's heartbeat must be answered."""
     with serve(tmp_path, "sqlite") as (app, url), httpx.Client(base_url=url) as http:
         other = {"x-api-key": OTHER_KEY}
         other_base = f"/v1/environments/{OTHER_ENV}/work"
         work_id = http.post(other_base, headers=other).json()["id"]
         for _ in range(50):
             http.post(BASE, headers=AUTH)
-        reading, release = threading.Event(), threading.Event()
-        held_on: list[str] = []
-
-        def hold() -> int:
-            if not held_on:  # only the first statement that runs: the stats call
-                held_on.append(threading.current_thread().name)
-                reading.set()
-                # Let go at the latest after 30 s, so that the test fails
-                # rather than hangs when the heartbeat waits for this read.
-                release.wait(30)
-            return 0
-
-        for conn in _connections(app):
-            conn.set_progress_handler(hold, 1)
+        # Stop the reader's process: a read sent to it now waits as long as we like.
+        reader_process = app.store._reader  # type: ignore[attr-defined]
+        os.kill(reader_process.pid, signal.SIGSTOP)
         order: list[str] = []
 
         def slow_stats() -> None:
@@ -561,7 +548,10 @@ def test_sqlite_a_slow_read_does_not_hold_another_tenants_heartbeat(tmp_path: Pa
         reader = threading.Thread(target=slow_stats)
         reader.start()
         try:
-            assert reading.wait(30), "the stats call never reached SQLite"
+            deadline = time.monotonic() + 30
+            while not reader_process.waiting and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert reader_process.waiting == 1, "the stats call never reached the reader"
             beat = http.post(
                 f"{other_base}/{work_id}/heartbeat",
                 params={"expected_last_heartbeat": NO_HEARTBEAT},
@@ -570,13 +560,10 @@ def test_sqlite_a_slow_read_does_not_hold_another_tenants_heartbeat(tmp_path: Pa
             )
             order.append("heartbeat")
         finally:
-            release.set()
+            os.kill(reader_process.pid, signal.SIGCONT)
             reader.join()
-            for conn in _connections(app):
-                conn.set_progress_handler(None, 1)
         assert beat.status_code == 200, beat.text
         assert order == ["heartbeat", "stats"]
-        assert held_on == ["leasekit-sqlite-reader"]
 
 
 def test_reads_see_every_answered_write_and_due_expiries(tmp_path: Path, store: str) -> None:
@@ -692,7 +679,8 @@ def test_worker_ids_from_clients_do_not_pile_up_without_stats(tmp_path: Path) ->
                 await store.poll(ENV, now, f"old-{n}", 5_000)
             for n in range(POLLERS_PRUNE_EVERY):
                 await store.poll(ENV, later, f"new-{n}", 5_000)
-            (rows,) = store._conn.execute("SELECT COUNT(*) FROM pollers").fetchone()
+            with closing(sqlite3.connect(tmp_path / "p.db")) as conn:
+                (rows,) = conn.execute("SELECT COUNT(*) FROM pollers").fetchone()
             stats = await store.stats(ENV, later)
             assert stats["workers_polling"] == POLLERS_PRUNE_EVERY
             return int(rows)

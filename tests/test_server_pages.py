@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leasekit.lease import LeaseConfig
-from leasekit.protocol import NO_HEARTBEAT, ApiError, ErrorType, dumps
+from leasekit.protocol import NO_HEARTBEAT, ApiError, dumps
 from leasekit.server._memory import MemoryStore
 from leasekit.server._pages import ItemPages
 from leasekit.server._sqlite import SqliteStore
@@ -122,36 +122,3 @@ def test_a_page_is_encoded_from_each_item_once_per_version() -> None:
     assert first == again and len(store._pages) == 2
     assert json.loads(changed)["data"][0]["metadata"] == {"k": "v"}
     assert json.loads(first)["data"][0]["metadata"] == {}
-
-
-def test_a_writer_batch_wakes_each_event_loop_once() -> None:
-    """The jobs of one batch answer their loop with one wake-up, not one each."""
-    from leasekit.server._sqlite import _answer, _LoopReply
-
-    async def run() -> tuple[list[Any], list[Any]]:
-        loop = asyncio.get_running_loop()
-        wakeups: list[Any] = []
-        original = loop.call_soon_threadsafe
-
-        def counted(callback: Any, *args: Any) -> Any:
-            wakeups.append(callback)
-            return original(callback, *args)
-
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
-        futures = [loop.create_future() for _ in range(3)]
-        plain: list[Any] = []
-        batch = [(None, _LoopReply(loop, f), True, 0) for f in futures]
-        batch.append((None, lambda result, error: plain.append(result), True, 0))
-        outcomes: list[tuple[Any, BaseException | None]] = [
-            (1, None),
-            (None, ApiError(ErrorType.NOT_FOUND, "gone")),
-            (3, None),
-            ("direct", None),
-        ]
-        _answer(batch, outcomes)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return wakeups, [*results, *plain]
-
-    wakeups, results = asyncio.run(run())
-    assert len(wakeups) == 1
-    assert results[0] == 1 and isinstance(results[1], ApiError) and results[2:] == [3, "direct"]

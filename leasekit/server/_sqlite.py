@@ -49,15 +49,12 @@ import json
 import logging
 import operator
 import os
-import queue
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from ..lease import (
     IN_DEPTH,
@@ -79,8 +76,8 @@ from ..lease import (
 from ..protocol import ApiError, ErrorType, QueueStats, WorkState
 from ._pages import ItemPages
 from ._store import EncodedJson, Json
+from ._store_process import Job, Outcome, Runner, StoreProcess
 
-T = TypeVar("T")
 logger = logging.getLogger("leasekit.server")
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(WorkRecord))
@@ -132,71 +129,6 @@ def _update_sql(columns: tuple[int, ...]) -> str:
         f"UPDATE work SET {assignments} "
         "WHERE environment_id = ? AND work_id = ? AND last_heartbeat IS ? AND version = ?"
     )
-
-
-_Work = Callable[[sqlite3.Connection, int], Any]
-_Job = tuple[_Work, Callable[[Any, "BaseException | None"], None], bool, int]
-"""(work, callback with the result or the error, whether it writes, arrival time us)"""
-
-
-class _LoopReply:
-    """Where a job from an event loop answers: its future, resolved on its loop."""
-
-    __slots__ = ("future", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
-        self.loop = loop
-        self.future = future
-
-    def __call__(self, result: Any, error: BaseException | None) -> None:
-        _answer([(None, self, False, 0)], [(result, error)])
-
-
-def _resolve(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in answers:
-        if future.done():
-            continue  # the request went away; its change (if any) is committed all the same
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-
-def _answer(batch: list[Any], outcomes: list[tuple[Any, BaseException | None]]) -> None:
-    """Hand each job of a batch its outcome. The jobs of one event loop wake
-    it once for the whole batch: a wake-up per job cost the writer a system
-    call each and the loop a callback each (``benchmarks/bench_server.py``)."""
-    replies: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-    for (_, done, _, _), (result, error) in zip(batch, outcomes, strict=True):
-        if isinstance(done, _LoopReply):
-            replies.setdefault(done.loop, []).append((done.future, result, error))
-        else:
-            done(result, error)
-    for loop, answers in replies.items():
-        # the loop may be gone at shutdown; the change is committed all the same
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, answers)
-
-
-def _data_version(conn: sqlite3.Connection, _now_us: int) -> int:
-    (version,) = conn.execute("PRAGMA data_version").fetchone()
-    return int(version)
-
-
-def _with_waiting(first: Any, jobs: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
-    """``first`` and the jobs already waiting behind it (up to
-    :data:`MAX_BATCH` in all), and whether the stop signal (``None``) was
-    among them."""
-    batch = [first]
-    while len(batch) < MAX_BATCH:
-        try:
-            more = jobs.get_nowait()
-        except queue.Empty:
-            break
-        if more is None:
-            return batch, True
-        batch.append(more)
-    return batch, False
 
 
 class _Conflict(Exception):
@@ -275,253 +207,54 @@ class _Loaded:
         self.version = self.record.version
 
 
-class SqliteStore:
-    recheck_s: float | None = 0.1
-    """Other processes on the same file enqueue without waking our long polls."""
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
 
-    def __init__(self, path: Path, config: LeaseConfig) -> None:
-        self.path = path
-        self.rules = LeaseRules(config)
-        self._conn = self._open()
-        self._reader_conn = self._connect()
-        self._reader_conn.execute("PRAGMA query_only=ON")
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._pages = ItemPages()  # used by list pages, on the reader thread only
-        self._writer = threading.Thread(
-            target=self._serve_jobs, name="leasekit-sqlite", daemon=True
-        )
-        self._reader = threading.Thread(
-            target=self._serve_reads, name="leasekit-sqlite-reader", daemon=True
-        )
-        self._writer.start()
-        self._reader.start()
-        self._closed = False
-        self._polls_since_prune = 0  # used on the writer thread only
-        # Environments whose due expiries a read asked the writer to persist.
-        self._settling: set[str] = set()
-        self._settling_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _open(self) -> sqlite3.Connection:
+def _open_database(path: Path) -> None:
+    """Create the file (mode 0600) and the schema, rebuild the counters, and
+    check the file is a leasekit database: a bad file fails here, at start,
+    not per request."""
+    try:
+        # The file holds every item's secret: create it readable by its owner only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise ValueError(f"{path}: cannot create the database: {error}") from None
+    else:
+        os.close(fd)
+    try:
+        conn = _connect(path)
         try:
-            # The file holds every item's secret: create it readable by its owner only.
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        except OSError as error:
-            raise ValueError(f"{self.path}: cannot create the database: {error}") from None
-        else:
-            os.close(fd)
-        try:
-            # Used by the writer thread only, after this constructor hands it over.
-            conn = self._connect()
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")  # kept in the file
             conn.execute("BEGIN IMMEDIATE")
             for statement in (*_SCHEMA.split(";"), *_RECOUNT.split(";")):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("COMMIT")
-            # A file made by something else, or by another schema, fails here, not per request.
             conn.execute(f"{_SELECT} LIMIT 0").fetchall()
             conn.execute("SELECT environment_id, worker_id, last_poll_us FROM pollers LIMIT 0")
-        except sqlite3.Error as error:
-            raise ValueError(f"{self.path}: cannot open as a leasekit database: {error}") from None
-        return conn
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        raise ValueError(f"{path}: cannot open as a leasekit database: {error}") from None
 
-    def _connect(self) -> sqlite3.Connection:
-        """A connection for one thread (created here, used there)."""
-        conn = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            check_same_thread=False,
-        )
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return conn
 
-    def _serve_reads(self) -> None:
-        """The reader thread: the reads waiting together share one read
-        transaction (one snapshot, taken after each of them arrived)."""
-        conn = self._reader_conn
-        while (job := self._reads.get()) is not None:
-            batch, stopping = _with_waiting(job, self._reads)
-            outcomes: list[tuple[Any, BaseException | None]] = []
-            try:
-                conn.execute("BEGIN")
-                for fn, _, _, arrival_us in batch:
-                    try:
-                        outcomes.append((fn(conn, max(arrival_us, time.time_ns() // 1000)), None))
-                    except sqlite3.Error:
-                        raise
-                    except Exception as error:
-                        outcomes.append((None, error))
-                conn.execute("COMMIT")
-            except sqlite3.Error as error:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
-                outcomes = [(None, failure)] * len(batch)
-            except Exception:  # never let the reader thread die: every later read would hang
-                logger.exception("SQLite reader: unexpected error in a batch")
-                outcomes = [(None, ApiError(ErrorType.API, "storage error"))] * len(batch)
-            _answer(batch, outcomes)
-            if stopping:
-                break
-        conn.close()
+class _Engine:
+    """The store's operations, each on a connection at a time ``now_us``
+    (epoch microseconds), run by a storage process (``runner``). The write
+    operations run in the writer's transaction (their caller holds the write
+    lock); the read operations in the reader's read transaction."""
 
-    def _serve_jobs(self) -> None:
-        """The writer thread: group commit. Every job waiting when a
-        transaction starts joins it (each in its own savepoint), and no job
-        is answered before the COMMIT that made it durable returned."""
-        stopping = False
-        while not stopping:
-            job = self._jobs.get()
-            if job is None:
-                break
-            batch, stopping = _with_waiting(job, self._jobs)
-            try:
-                self._run_batch(batch)
-            except Exception:  # never let the writer thread die: every later job would hang
-                logger.exception("SQLite writer: unexpected error in a batch")
-                failure = ApiError(ErrorType.API, "storage error")
-                for _, done, _, _ in batch:
-                    with contextlib.suppress(Exception):  # some may have been answered
-                        done(None, failure)
-        self._conn.close()
+    def __init__(self, config: LeaseConfig) -> None:
+        self.rules = LeaseRules(config)
+        self.pages = ItemPages()  # list pages, in the reader
+        self.polls_since_prune = 0  # in the writer
 
-    def _run_batch(self, batch: list[_Job]) -> None:
-        conn = self._conn
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        if not any(writes for _, _, writes, _ in batch):
-            # Reads only: no write lock, no fsync.
-            for fn, _, _, arrival_us in batch:
-                try:
-                    outcomes.append((fn(conn, arrival_us), None))
-                except Exception as error:
-                    outcomes.append((None, error))
-        else:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for fn, _, _, arrival_us in batch:
-                    outcomes.append(self._apply(conn, fn, arrival_us))
-                conn.execute("COMMIT")
-            except sqlite3.Error as error:
-                # Nothing of this batch is committed: every job fails, none answers 200.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
-                outcomes = [(None, failure)] * len(batch)
-        _answer(batch, outcomes)
-
-    def _apply(
-        self, conn: sqlite3.Connection, fn: _Work, arrival_us: int
-    ) -> tuple[Any, BaseException | None]:
-        """Run one job in a savepoint; re-run it when a conditional write lost
-        (someone changed the record between our read and our write).
-
-        The job's ``now_us`` is the wall clock read here, under the write
-        lock (never earlier than the request's arrival): decisions then
-        follow commit order, across every process on the file, even when a
-        job waited for the lock.
-
-        An :class:`ApiError` keeps the job's writes: the rules raise only
-        before changing anything, and the expiry they settled first must
-        persist. Any other error undoes the job alone.
-        """
-        for _ in range(_CONFLICT_RETRIES):
-            conn.execute("SAVEPOINT job")
-            try:
-                result = fn(conn, max(arrival_us, time.time_ns() // 1000))
-            except _Conflict:
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                continue
-            except ApiError as error:
-                conn.execute("RELEASE job")
-                return None, error
-            except sqlite3.Error:
-                raise  # the transaction itself is in doubt: fail the batch
-            except Exception as error:
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                return None, error
-            conn.execute("RELEASE job")
-            return result, None
-        return None, ApiError(ErrorType.OVERLOADED, "storage: too many concurrent changes, retry")
-
-    def _run(self, fn: Callable[[sqlite3.Connection, int], T], arrival_us: int) -> T:
-        """Run a job and wait for it (start-up and seeding, off the event loop)."""
-        future: Future[T] = Future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-
-        self._jobs.put((fn, done, True, arrival_us))
-        return future.result()
-
-    async def _write(
-        self, fn: Callable[[sqlite3.Connection, int], T], arrival_us: int, writes: bool = True
-    ) -> T:
-        """Run a job on the writer thread; resolves after its COMMIT."""
-        return await self._submit(self._jobs, fn, arrival_us, writes)
-
-    async def _read(self, fn: Callable[[sqlite3.Connection, int], T], arrival_us: int) -> T:
-        """Run a job that only reads on the reader thread."""
-        return await self._submit(self._reads, fn, arrival_us, False)
-
-    async def _submit(
-        self,
-        jobs: queue.SimpleQueue[_Job | None],
-        fn: Callable[[sqlite3.Connection, int], T],
-        arrival_us: int,
-        writes: bool,
-    ) -> T:
-        if self._closed:
-            raise ApiError(ErrorType.OVERLOADED, "the server is shutting down")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        jobs.put((fn, _LoopReply(loop, future), writes, arrival_us))
-        return await future
-
-    def _persist_expiries(self, environment_id: str) -> None:
-        """Ask the writer to persist the environment's due expiries (from the
-        reader thread; answers nobody, and at most one request is waiting)."""
-        with self._settling_lock:
-            if environment_id in self._settling:
-                return
-            self._settling.add(environment_id)
-
-        def settle(conn: sqlite3.Connection, now_us: int) -> None:
-            with self._settling_lock:
-                self._settling.discard(environment_id)
-            self._settle_due(conn, environment_id, now_us)
-
-        def done(_result: Any, error: BaseException | None) -> None:
-            if error is not None:
-                logger.warning("SQLite writer: persisting expiries failed: %s", error)
-
-        self._jobs.put((settle, done, True, 0))
-
-    def _load_as_of(
-        self, conn: sqlite3.Connection, environment_id: str, work_id: str, now_us: int
-    ) -> WorkRecord:
-        """A record as a write at ``now_us`` would find it (due expiry
-        applied), without writing anything."""
-        record = self._load(conn, environment_id, work_id).record
-        self.rules.settle(record, now_us)
-        return record
-
-    async def change_token(self) -> int:
-        """Changes when another connection (another process) commits."""
-        return await self._write(_data_version, 0, writes=False)
+    # ------------------------------------------------------------------ records
 
     def _save(self, conn: sqlite3.Connection, loaded: _Loaded) -> None:
         """Write the record back if the rules changed it: one conditional UPDATE."""
@@ -545,7 +278,8 @@ class SqliteStore:
             _count(conn, row[0], was, -1)
             _count(conn, row[0], now, +1)
 
-    def _load(self, conn: sqlite3.Connection, environment_id: str, work_id: str) -> _Loaded:
+    @staticmethod
+    def _load(conn: sqlite3.Connection, environment_id: str, work_id: str) -> _Loaded:
         row = conn.execute(
             f"{_SELECT} WHERE environment_id = ? AND work_id = ?", (environment_id, work_id)
         ).fetchone()
@@ -568,7 +302,17 @@ class SqliteStore:
             loaded = _Loaded(_to_row(record))
         return loaded
 
-    def _settle_due(self, conn: sqlite3.Connection, environment_id: str, now_us: int) -> None:
+    @staticmethod
+    def _queued(conn: sqlite3.Connection, environment_id: str) -> int:
+        row = conn.execute(
+            "SELECT depth + pending FROM queue_counts WHERE environment_id = ?", (environment_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # ------------------------------------------------------------------ writes
+
+    def settle_due(self, conn: sqlite3.Connection, now_us: int, environment_id: str) -> None:
+        """Persist every expiry of the environment that is due."""
         rows = conn.execute(
             f"{_SELECT} WHERE environment_id = ? AND deadline_us <= ?",
             (environment_id, expired_up_to_us(now_us)),
@@ -578,20 +322,11 @@ class SqliteStore:
             self.rules.settle(loaded.record, now_us)
             self._save(conn, loaded)
 
-    # ------------------------------------------------------------------ operations
-
-    def add_environment(self, environment_id: str) -> None:
-        pass  # environments are the keys' business; rows carry their environment
-
-    def seed(self, environment_id: str, count: int, now_us: int) -> None:
-        for _ in range(count):
-            self._run(lambda c, now: self._enqueue(c, environment_id, now), now_us)
-
-    def _enqueue(
+    def enqueue(
         self,
         conn: sqlite3.Connection,
-        environment_id: str,
         now_us: int,
+        environment_id: str,
         session_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         max_queued: int | None = None,
@@ -599,7 +334,7 @@ class SqliteStore:
         if max_queued is not None:
             queued = self._queued(conn, environment_id)
             if queued >= max_queued:
-                self._settle_due(conn, environment_id, now_us)  # expiries requeue items
+                self.settle_due(conn, now_us, environment_id)  # expiries requeue items
                 queued = self._queued(conn, environment_id)
             if queued >= max_queued:
                 raise ApiError(
@@ -626,12 +361,362 @@ class SqliteStore:
         _count(conn, environment_id, IN_DEPTH, +1)
         return record.to_item().to_json()
 
+    def poll(
+        self,
+        conn: sqlite3.Connection,
+        now_us: int,
+        environment_id: str,
+        worker_id: str | None,
+        reclaim_older_than_ms: int,
+    ) -> Json | None:
+        rules = self.rules
+        if worker_id is not None:
+            conn.execute(
+                "INSERT INTO pollers VALUES (?, ?, ?) ON CONFLICT (environment_id, worker_id) "
+                "DO UPDATE SET last_poll_us = excluded.last_poll_us",
+                (environment_id, worker_id, now_us),
+            )
+            self.polls_since_prune += 1
+            if self.polls_since_prune >= POLLERS_PRUNE_EVERY:
+                # Worker ids come from clients: forget stale ones now and
+                # then, not only when someone asks for stats.
+                self.polls_since_prune = 0
+                _prune_pollers(conn, environment_id, now_us)
+        self.settle_due(conn, now_us, environment_id)
+        # Coarse filter in SQL (not handed out, or long enough ago to be
+        # reclaimed); the rules decide which one may go.
+        cursor = conn.execute(
+            f"{_SELECT} WHERE environment_id = ? AND state = 'queued' "
+            "AND (handed_out_at_us IS NULL OR handed_out_at_us <= ?) ORDER BY seq",
+            (environment_id, reclaimable_up_to_us(now_us, reclaim_older_than_ms)),
+        )
+        while rows := cursor.fetchmany(64):
+            for row in rows:
+                loaded = _Loaded(row)
+                if rules.can_hand_out(loaded.record, now_us, reclaim_older_than_ms):
+                    cursor.close()
+                    rules.hand_out(loaded.record, now_us, worker_id)
+                    self._save(conn, loaded)
+                    return loaded.record.to_item(with_secret=True).to_json()
+        return None
+
+    def ack(self, conn: sqlite3.Connection, now_us: int, environment_id: str, work_id: str) -> Json:
+        loaded = self._load_settled(conn, environment_id, work_id, now_us)
+        self.rules.ack(loaded.record, now_us)
+        self._save(conn, loaded)
+        return loaded.record.to_item().to_json()
+
+    def heartbeat(
+        self,
+        conn: sqlite3.Connection,
+        now_us: int,
+        environment_id: str,
+        work_id: str,
+        expected_last_heartbeat: str | None,
+        desired_ttl_seconds: int | None,
+    ) -> Json:
+        loaded = self._load_settled(conn, environment_id, work_id, now_us)
+        answer = self.rules.heartbeat(
+            loaded.record, now_us, expected_last_heartbeat, desired_ttl_seconds
+        )
+        self._save(conn, loaded)
+        return answer.to_json()
+
+    def stop(
+        self, conn: sqlite3.Connection, now_us: int, environment_id: str, work_id: str, force: bool
+    ) -> Json:
+        loaded = self._load_settled(conn, environment_id, work_id, now_us)
+        self.rules.stop(loaded.record, now_us, force=force)
+        self._save(conn, loaded)
+        return loaded.record.to_item().to_json()
+
+    def update_metadata(
+        self,
+        conn: sqlite3.Connection,
+        now_us: int,
+        environment_id: str,
+        work_id: str,
+        patch: Mapping[str, str | None],
+    ) -> Json:
+        loaded = self._load_settled(conn, environment_id, work_id, now_us)
+        self.rules.update_metadata(loaded.record, patch)
+        self._save(conn, loaded)
+        return loaded.record.to_item().to_json()
+
     @staticmethod
-    def _queued(conn: sqlite3.Connection, environment_id: str) -> int:
-        row = conn.execute(
-            "SELECT depth + pending FROM queue_counts WHERE environment_id = ?", (environment_id,)
+    def change_token(conn: sqlite3.Connection, _now_us: int) -> int:
+        """Changes when another connection (another process) commits."""
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        return int(version)
+
+    # ------------------------------------------------------------------ reads
+
+    def _as_of(
+        self, conn: sqlite3.Connection, environment_id: str, work_id: str, now_us: int
+    ) -> WorkRecord:
+        """A record as a write at ``now_us`` would find it (due expiry
+        applied), without writing anything."""
+        record = self._load(conn, environment_id, work_id).record
+        self.rules.settle(record, now_us)
+        return record
+
+    def retrieve(
+        self, conn: sqlite3.Connection, now_us: int, environment_id: str, work_id: str
+    ) -> Json:
+        return self._as_of(conn, environment_id, work_id, now_us).to_item().to_json()
+
+    def list_page(
+        self, conn: sqlite3.Connection, now_us: int, environment_id: str, after: int, size: int
+    ) -> EncodedJson:
+        rows = conn.execute(
+            f"{_SELECT} WHERE environment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (environment_id, after, size + 1),
+        ).fetchall()
+        chosen = []
+        for row in rows[:size]:
+            record = _to_record(row)
+            stored = record.version
+            self.rules.settle(record, now_us)
+            # A copy settled here: the stored version and how far the
+            # settle moved it name its content (a writer may have saved
+            # another change as the same version since this was read).
+            chosen.append((record, (stored, record.version)))
+        cursor = encode_cursor(chosen[-1][0].seq) if len(rows) > size else None
+        return self.pages.page(chosen, cursor)
+
+    def stats(
+        self, conn: sqlite3.Connection, now_us: int, environment_id: str
+    ) -> tuple[Json, bool]:
+        """The environment's stats, and whether due expiries were found
+        (which the writer should then persist)."""
+        # Counters and index lookups: the cost does not grow with the queue.
+        counts = conn.execute(
+            "SELECT depth, pending FROM queue_counts WHERE environment_id = ?",
+            (environment_id,),
         ).fetchone()
-        return 0 if row is None else int(row[0])
+        depth, pending = counts or (0, 0)
+        # The counters hold what is written; expiries that are due but
+        # not yet written move items between the counts here.
+        cutoff = expired_up_to_us(now_us)
+        due = conn.execute(
+            f"{_SELECT} WHERE environment_id = ? AND deadline_us <= ?",
+            (environment_id, cutoff),
+        ).fetchall()
+        oldest_due: list[int] = []
+        for row in due:
+            record = _to_record(row)
+            self.rules.settle(record, now_us)
+            was = queue_slot(row[_STATE_AT], row[_HANDED_AT])
+            slot = queue_slot(record.state, record.handed_out_at_us)
+            depth += (slot == IN_DEPTH) - (was == IN_DEPTH)
+            pending += (slot == IN_PENDING) - (was == IN_PENDING)
+            if slot:
+                oldest_due.append(record.created_at_us)
+        (oldest,) = conn.execute(
+            "SELECT MIN(created_at_us) FROM work WHERE environment_id = ? AND state = 'queued'"
+            " AND (deadline_us IS NULL OR deadline_us > ?)",
+            (environment_id, cutoff),
+        ).fetchone()
+        if oldest_due:
+            oldest = min(oldest_due) if oldest is None else min(oldest, *oldest_due)
+        (polling,) = conn.execute(
+            "SELECT COUNT(*) FROM pollers WHERE environment_id = ? AND last_poll_us >= ?",
+            (environment_id, now_us - WORKERS_POLLING_WINDOW_US),
+        ).fetchone()
+        return QueueStats(depth, pending, oldest, polling).to_json(), bool(due)
+
+    @staticmethod
+    def next_due_us(
+        conn: sqlite3.Connection, _now_us: int, environment_id: str, reclaim_older_than_ms: int
+    ) -> int | None:
+        (deadline,) = conn.execute(
+            "SELECT MIN(deadline_us) FROM work WHERE environment_id = ? "
+            "AND deadline_us IS NOT NULL",
+            (environment_id,),
+        ).fetchone()
+        (handed,) = conn.execute(
+            "SELECT MIN(handed_out_at_us) FROM work WHERE environment_id = ? "
+            "AND state = 'queued' AND handed_out_at_us IS NOT NULL",
+            (environment_id,),
+        ).fetchone()
+        candidates = []
+        if deadline is not None:
+            candidates.append(expiry_at_us(deadline))
+        if handed is not None:
+            candidates.append(handed + reclaim_older_than_ms * 1_000)
+        return min(candidates) if candidates else None
+
+
+_WRITES: Final = frozenset(
+    {"enqueue", "poll", "ack", "heartbeat", "stop", "update_metadata", "settle_due"}
+)
+"""The writer's operations that change the database."""
+_WRITER_OPERATIONS: Final = _WRITES | {"change_token"}
+_READER_OPERATIONS: Final = frozenset({"retrieve", "list_page", "stats", "next_due_us"})
+
+
+def _now_us(arrival_us: int) -> int:
+    """The time a job runs at: the wall clock now, never before the request
+    arrived (read under the write lock for a change, so decisions follow
+    commit order across every process on the file)."""
+    return max(arrival_us, time.time_ns() // 1000)
+
+
+def _apply(conn: sqlite3.Connection, engine: _Engine, job: Job) -> Outcome:
+    """Run one job in a savepoint; re-run it when a conditional write lost
+    (someone changed the record between our read and our write).
+
+    An :class:`ApiError` keeps the job's writes: the rules raise only
+    before changing anything, and the expiry they settled first must
+    persist. Any other error undoes the job alone.
+    """
+    _, operation, arrival_us, args = job
+    work = getattr(engine, operation)
+    for _ in range(_CONFLICT_RETRIES):
+        conn.execute("SAVEPOINT job")
+        try:
+            result = work(conn, _now_us(arrival_us), *args)
+        except _Conflict:
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            continue
+        except ApiError as error:
+            conn.execute("RELEASE job")
+            return None, error
+        except sqlite3.Error:
+            raise  # the transaction itself is in doubt: fail the batch
+        except Exception as error:
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            return None, error
+        conn.execute("RELEASE job")
+        return result, None
+    return None, ApiError(ErrorType.OVERLOADED, "storage: too many concurrent changes, retry")
+
+
+def _run_writes(conn: sqlite3.Connection, engine: _Engine, batch: list[Job]) -> list[Outcome]:
+    """The writer's batch: group commit. Every job of the batch runs in one
+    transaction (each in its own savepoint), and none is answered before
+    the COMMIT that made it durable returned."""
+    if any(operation not in _WRITER_OPERATIONS for _, operation, _, _ in batch):
+        raise ValueError(f"storage writer: unknown operation in {batch!r:.200}")
+    outcomes: list[Outcome] = []
+    if not any(operation in _WRITES for _, operation, _, _ in batch):
+        # Nothing to change: no write lock, no fsync.
+        for _, operation, arrival_us, args in batch:
+            try:
+                outcomes.append((getattr(engine, operation)(conn, arrival_us, *args), None))
+            except Exception as error:
+                outcomes.append((None, error))
+        return outcomes
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for job in batch:
+            outcomes.append(_apply(conn, engine, job))
+        conn.execute("COMMIT")
+    except sqlite3.Error as error:
+        # Nothing of this batch is committed: every job fails, none answers 200.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
+        outcomes = [(None, failure)] * len(batch)
+    return outcomes
+
+
+def _run_reads(conn: sqlite3.Connection, engine: _Engine, batch: list[Job]) -> list[Outcome]:
+    """The reader's batch: the reads that arrived together share one read
+    transaction, whose snapshot holds every commit that returned before the
+    batch started (so before each of its reads was sent)."""
+    if any(operation not in _READER_OPERATIONS for _, operation, _, _ in batch):
+        raise ValueError(f"storage reader: unknown operation in {batch!r:.200}")
+    outcomes: list[Outcome] = []
+    try:
+        conn.execute("BEGIN")
+        for _, operation, arrival_us, args in batch:
+            read = getattr(engine, operation)
+            try:
+                outcomes.append((read(conn, _now_us(arrival_us), *args), None))
+            except sqlite3.Error:
+                raise
+            except Exception as error:
+                outcomes.append((None, error))
+        conn.execute("COMMIT")
+    except sqlite3.Error as error:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        failure = ApiError(ErrorType.OVERLOADED, f"storage unavailable, retry: {error}")
+        outcomes = [(None, failure)] * len(batch)
+    return outcomes
+
+
+def runner(role: str, setup: tuple[str, LeaseConfig]) -> tuple[Runner, Callable[[], None]]:
+    """A storage process's batch runner and its close (``_store_process``):
+    ``role`` is ``"writer"`` or ``"reader"``, ``setup`` the database path and
+    the lease settings."""
+    path, config = setup
+    conn = _connect(Path(path))
+    engine = _Engine(config)
+    if role == "writer":
+        conn.execute("PRAGMA synchronous=FULL")
+        return functools.partial(_run_writes, conn, engine), conn.close
+    if role == "reader":
+        conn.execute("PRAGMA query_only=ON")
+        return functools.partial(_run_reads, conn, engine), conn.close
+    raise ValueError(f"storage process: unknown role {role!r}")
+
+
+class SqliteStore:
+    """The store on a SQLite file: its writer and its reader are processes
+    of their own (:mod:`._store_process`); the server's event loop only
+    sends them requests and hands out their answers."""
+
+    recheck_s: float | None = 0.1
+    """Other processes on the same file enqueue without waking our long polls."""
+
+    def __init__(self, path: Path, config: LeaseConfig) -> None:
+        self.path = path
+        self.config = config
+        _open_database(path)
+        setup = (str(path), config)
+        self._writer = StoreProcess("writer", setup)
+        self._reader = StoreProcess("reader", setup)
+        self._closed = False
+        # Environments whose due expiries a read asked the writer to persist.
+        self._settling: set[str] = set()
+
+    def add_environment(self, environment_id: str) -> None:
+        pass  # environments are the keys' business; rows carry their environment
+
+    def seed(self, environment_id: str, count: int, now_us: int) -> None:
+        """At start-up, on a connection of this process: one transaction."""
+        conn = _connect(self.path)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            jobs: list[Job] = [(n, "enqueue", now_us, (environment_id,)) for n in range(count)]
+            for _, error in _run_writes(conn, _Engine(self.config), jobs):
+                if error is not None:
+                    raise error
+        finally:
+            conn.close()
+
+    def _persist_expiries(self, environment_id: str) -> None:
+        """Ask the writer to persist the environment's due expiries (answers
+        nobody; at most one such request per environment is waiting)."""
+        if environment_id in self._settling:
+            return
+        self._settling.add(environment_id)
+
+        def done(future: asyncio.Future[None]) -> None:
+            self._settling.discard(environment_id)
+            if not future.cancelled() and future.exception() is not None:
+                logger.warning("SQLite writer: persisting expiries failed: %s", future.exception())
+
+        self._writer.submit("settle_due", 0, environment_id).add_done_callback(done)
+
+    async def change_token(self) -> int:
+        """Changes when another connection (another process) commits."""
+        return int(await self._writer.call("change_token", 0))
 
     async def enqueue(
         self,
@@ -641,78 +726,28 @@ class SqliteStore:
         metadata: Mapping[str, str] | None,
         max_queued: int | None = None,
     ) -> Json:
-        return await self._write(
-            lambda c, now: self._enqueue(c, environment_id, now, session_id, metadata, max_queued),
-            now_us,
+        answer: Json = await self._writer.call(
+            "enqueue", now_us, environment_id, session_id, metadata, max_queued
         )
+        return answer
 
     async def poll(
         self, environment_id: str, now_us: int, worker_id: str | None, reclaim_older_than_ms: int
     ) -> Json | None:
-        rules = self.rules
-
-        def poll(conn: sqlite3.Connection, now_us: int) -> Json | None:
-            if worker_id is not None:
-                conn.execute(
-                    "INSERT INTO pollers VALUES (?, ?, ?) ON CONFLICT (environment_id, worker_id) "
-                    "DO UPDATE SET last_poll_us = excluded.last_poll_us",
-                    (environment_id, worker_id, now_us),
-                )
-                self._polls_since_prune += 1
-                if self._polls_since_prune >= POLLERS_PRUNE_EVERY:
-                    # Worker ids come from clients: forget stale ones now and
-                    # then, not only when someone asks for stats.
-                    self._polls_since_prune = 0
-                    _prune_pollers(conn, environment_id, now_us)
-            self._settle_due(conn, environment_id, now_us)
-            # Coarse filter in SQL (not handed out, or long enough ago to be
-            # reclaimed); the rules decide which one may go.
-            cursor = conn.execute(
-                f"{_SELECT} WHERE environment_id = ? AND state = 'queued' "
-                "AND (handed_out_at_us IS NULL OR handed_out_at_us <= ?) ORDER BY seq",
-                (environment_id, reclaimable_up_to_us(now_us, reclaim_older_than_ms)),
-            )
-            while rows := cursor.fetchmany(64):
-                for row in rows:
-                    loaded = _Loaded(row)
-                    if rules.can_hand_out(loaded.record, now_us, reclaim_older_than_ms):
-                        cursor.close()
-                        rules.hand_out(loaded.record, now_us, worker_id)
-                        self._save(conn, loaded)
-                        return loaded.record.to_item(with_secret=True).to_json()
-            return None
-
-        return await self._write(poll, now_us)
+        answer: Json | None = await self._writer.call(
+            "poll", now_us, environment_id, worker_id, reclaim_older_than_ms
+        )
+        return answer
 
     async def next_due_us(self, environment_id: str, reclaim_older_than_ms: int) -> int | None:
-        def due(conn: sqlite3.Connection, _now_us: int) -> int | None:
-            (deadline,) = conn.execute(
-                "SELECT MIN(deadline_us) FROM work WHERE environment_id = ? "
-                "AND deadline_us IS NOT NULL",
-                (environment_id,),
-            ).fetchone()
-            (handed,) = conn.execute(
-                "SELECT MIN(handed_out_at_us) FROM work WHERE environment_id = ? "
-                "AND state = 'queued' AND handed_out_at_us IS NOT NULL",
-                (environment_id,),
-            ).fetchone()
-            candidates = []
-            if deadline is not None:
-                candidates.append(expiry_at_us(deadline))
-            if handed is not None:
-                candidates.append(handed + reclaim_older_than_ms * 1_000)
-            return min(candidates) if candidates else None
-
-        return await self._read(due, 0)
+        answer: int | None = await self._reader.call(
+            "next_due_us", 0, environment_id, reclaim_older_than_ms
+        )
+        return answer
 
     async def ack(self, environment_id: str, work_id: str, now_us: int) -> Json:
-        def ack(conn: sqlite3.Connection, now_us: int) -> Json:
-            loaded = self._load_settled(conn, environment_id, work_id, now_us)
-            self.rules.ack(loaded.record, now_us)
-            self._save(conn, loaded)
-            return loaded.record.to_item().to_json()
-
-        return await self._write(ack, now_us)
+        answer: Json = await self._writer.call("ack", now_us, environment_id, work_id)
+        return answer
 
     async def heartbeat(
         self,
@@ -722,115 +757,54 @@ class SqliteStore:
         expected_last_heartbeat: str | None,
         desired_ttl_seconds: int | None,
     ) -> Json:
-        def heartbeat(conn: sqlite3.Connection, now_us: int) -> Json:
-            loaded = self._load_settled(conn, environment_id, work_id, now_us)
-            answer = self.rules.heartbeat(
-                loaded.record, now_us, expected_last_heartbeat, desired_ttl_seconds
-            )
-            self._save(conn, loaded)
-            return answer.to_json()
-
-        return await self._write(heartbeat, now_us)
+        answer: Json = await self._writer.call(
+            "heartbeat",
+            now_us,
+            environment_id,
+            work_id,
+            expected_last_heartbeat,
+            desired_ttl_seconds,
+        )
+        return answer
 
     async def stop(self, environment_id: str, work_id: str, now_us: int, force: bool) -> Json:
-        def stop(conn: sqlite3.Connection, now_us: int) -> Json:
-            loaded = self._load_settled(conn, environment_id, work_id, now_us)
-            self.rules.stop(loaded.record, now_us, force=force)
-            self._save(conn, loaded)
-            return loaded.record.to_item().to_json()
-
-        return await self._write(stop, now_us)
+        answer: Json = await self._writer.call("stop", now_us, environment_id, work_id, force)
+        return answer
 
     async def retrieve(self, environment_id: str, work_id: str, now_us: int) -> Json:
-        def retrieve(conn: sqlite3.Connection, now_us: int) -> Json:
-            return self._load_as_of(conn, environment_id, work_id, now_us).to_item().to_json()
-
-        return await self._read(retrieve, now_us)
+        answer: Json = await self._reader.call("retrieve", now_us, environment_id, work_id)
+        return answer
 
     async def update_metadata(
         self, environment_id: str, work_id: str, now_us: int, patch: Mapping[str, str | None]
     ) -> Json:
-        def update(conn: sqlite3.Connection, now_us: int) -> Json:
-            loaded = self._load_settled(conn, environment_id, work_id, now_us)
-            self.rules.update_metadata(loaded.record, patch)
-            self._save(conn, loaded)
-            return loaded.record.to_item().to_json()
-
-        return await self._write(update, now_us)
+        answer: Json = await self._writer.call(
+            "update_metadata", now_us, environment_id, work_id, dict(patch)
+        )
+        return answer
 
     async def list(
         self, environment_id: str, now_us: int, limit: int | None, page: str | None
     ) -> EncodedJson:
-        page_size = validate_list_limit(limit)
+        size = validate_list_limit(limit)
         after = decode_cursor(page)
-
-        def page_of(conn: sqlite3.Connection, now_us: int) -> EncodedJson:
-            rows = conn.execute(
-                f"{_SELECT} WHERE environment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (environment_id, after, page_size + 1),
-            ).fetchall()
-            chosen = []
-            for row in rows[:page_size]:
-                record = _to_record(row)
-                stored = record.version
-                self.rules.settle(record, now_us)
-                # A copy settled here: the stored version and how far the
-                # settle moved it name its content (a writer may have saved
-                # another change as the same version since this was read).
-                chosen.append((record, (stored, record.version)))
-            cursor = encode_cursor(chosen[-1][0].seq) if len(rows) > page_size else None
-            return self._pages.page(chosen, cursor)
-
-        return await self._read(page_of, now_us)
+        page_json: EncodedJson = await self._reader.call(
+            "list_page", now_us, environment_id, after, size
+        )
+        return page_json
 
     async def stats(self, environment_id: str, now_us: int) -> Json:
-        def stats(conn: sqlite3.Connection, now_us: int) -> Json:
-            # Counters and index lookups: the cost does not grow with the queue.
-            counts = conn.execute(
-                "SELECT depth, pending FROM queue_counts WHERE environment_id = ?",
-                (environment_id,),
-            ).fetchone()
-            depth, pending = counts or (0, 0)
-            # The counters hold what is written; expiries that are due but
-            # not yet written move items between the counts here.
-            cutoff = expired_up_to_us(now_us)
-            due = conn.execute(
-                f"{_SELECT} WHERE environment_id = ? AND deadline_us <= ?",
-                (environment_id, cutoff),
-            ).fetchall()
-            oldest_due: list[int] = []
-            for row in due:
-                record = _to_record(row)
-                self.rules.settle(record, now_us)
-                was = queue_slot(row[_STATE_AT], row[_HANDED_AT])
-                slot = queue_slot(record.state, record.handed_out_at_us)
-                depth += (slot == IN_DEPTH) - (was == IN_DEPTH)
-                pending += (slot == IN_PENDING) - (was == IN_PENDING)
-                if slot:
-                    oldest_due.append(record.created_at_us)
-            if due:
-                self._persist_expiries(environment_id)
-            (oldest,) = conn.execute(
-                "SELECT MIN(created_at_us) FROM work WHERE environment_id = ? AND state = 'queued'"
-                " AND (deadline_us IS NULL OR deadline_us > ?)",
-                (environment_id, cutoff),
-            ).fetchone()
-            if oldest_due:
-                oldest = min(oldest_due) if oldest is None else min(oldest, *oldest_due)
-            (polling,) = conn.execute(
-                "SELECT COUNT(*) FROM pollers WHERE environment_id = ? AND last_poll_us >= ?",
-                (environment_id, now_us - WORKERS_POLLING_WINDOW_US),
-            ).fetchone()
-            return QueueStats(depth, pending, oldest, polling).to_json()
-
-        return await self._read(stats, now_us)
+        answer: Json
+        due: bool
+        answer, due = await self._reader.call("stats", now_us, environment_id)
+        if due:
+            self._persist_expiries(environment_id)
+        return answer
 
     def close(self) -> None:
-        """Finish the queued jobs, then close the database (idempotent)."""
+        """Finish the requests sent, then stop the storage processes (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        self._reads.put(None)  # first: a read may still ask the writer for work
-        self._reader.join()
-        self._jobs.put(None)
-        self._writer.join()
+        self._reader.close()
+        self._writer.close()
