@@ -21,22 +21,27 @@ queue. Sequence numbers count per environment, and work ids are random, so
 nothing an environment sees counts another's items. A new file is created
 mode 0600 (it holds the items' secrets); SQLite gives its WAL the same mode.
 
-Every change runs on one writer thread per store, off the event loop,
-with group commit: the jobs that queued up while a transaction ran share
-the next one (each in its own savepoint, so one job's error undoes only that
-job), and none is answered before that COMMIT returned. Under load, one
-fsync serves many heartbeats.
+Every change runs in the store's writer, a process of its own
+(:mod:`._store_process`), with group commit: the requests that arrived
+while a transaction ran share the next one (each in its own savepoint, so
+one job's error undoes only that job), and none is answered before that
+COMMIT returned. Under load, one fsync serves many heartbeats.
 
-Pure reads (retrieve, list, stats, the long poll's next due time) run on a
-reader thread with its own connection, so one tenant's reads never queue
-with another tenant's heartbeats. The reads that waited together share one
-read transaction, whose WAL snapshot holds every commit that returned
-before it started: a read sees every change answered before the read
-arrived. A read applies a due expiry to what it answers (the same
-:meth:`~leasekit.lease.LeaseRules.settle` a write applies, at the
+Pure reads (retrieve, list, stats, the long poll's next due time) run in
+the store's reader, another process with its own connection, so one
+tenant's reads never queue with another tenant's heartbeats. The reads that
+arrived together share one read transaction, whose WAL snapshot holds every
+commit that returned before it started: a read sees every change answered
+before the read arrived. A read applies a due expiry to what it answers
+(the same :meth:`~leasekit.lease.LeaseRules.settle` a write applies, at the
 deadline, so the answer is the one a write would persist) without writing
 it; stats that find due expiries ask the writer to persist them, so they
 are settled once, not at every read.
+
+The operations are :class:`_Engine`'s methods; :class:`SqliteStore` is
+what the server's event loop holds: it sends each call to the writer or the
+reader and awaits the answer, and seeds items at start-up on a connection
+of its own.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ hostile traffic the loop, the writer and the reader handed it back and forth,
 and a keeper's heartbeat waited a little in every stage
 (``benchmarks/bench_soak.py``). A child has a lock of its own; the server
 process keeps only its event loop, which talks to each child over a socket
-pair without a thread: requests go out once per turn of the loop, and the
-answers of a batch come back in one write.
+pair without a thread: a request goes out as it is made, the child takes
+every request that arrived while it worked as one batch (one transaction
+for the writer), and the answers of a batch come back in one write.
 
 Frames on the socket are a 4-byte big-endian length and a pickle. The first
 frame to a child is its setup; then each request is ``(job id, operation,
@@ -338,6 +339,8 @@ def _main() -> None:
     run, close = runner(role, setup)
     try:
         serve(sock, run, MAX_BATCH, buffer)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server died: nobody is left to answer (what was committed stays)
     finally:
         close()
         sock.close()
