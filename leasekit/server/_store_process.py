@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..protocol import ApiError, ErrorType
+from ._connections import Throttled
 
 logger = logging.getLogger("leasekit.server")
 
@@ -107,6 +108,8 @@ class StoreProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writing = False
         self._closed = False
+        # One log line per 10 s at most, should a child die at every start.
+        self._died = Throttled(f"storage {role} process exited; started another")
         self._start()
 
     def _start(self) -> None:
@@ -209,9 +212,13 @@ class StoreProcess:
             self._lost()
             return
         self._in += data
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the answers that arrived whole to their requests."""
         for job_id, result, error in unframe(self._in):
             future = self._pending.pop(job_id, None)
-            if future is None or future.done():
+            if future is None or future.done() or future.get_loop().is_closed():
                 continue  # the request went away; its change (if any) is committed all the same
             if error is None:
                 future.set_result(result)
@@ -225,8 +232,8 @@ class StoreProcess:
         loop.remove_reader(self._sock.fileno())
         if self._writing:
             loop.remove_writer(self._sock.fileno())
-        code = self._process.wait()
-        logger.error("storage %s process exited (code %s); starting another", self.role, code)
+        self._process.wait()
+        self._died.hit()
         failure = ApiError(ErrorType.OVERLOADED, "storage unavailable, retry")
         for future in self._pending.values():
             if not future.done():
@@ -268,15 +275,7 @@ class StoreProcess:
             if not data:
                 break
             self._in += data
-            for job_id, result, error in unframe(self._in):
-                future = self._pending.pop(job_id, None)
-                if future is None or future.done() or future.get_loop().is_closed():
-                    continue
-                with contextlib.suppress(RuntimeError):
-                    if error is None:
-                        future.set_result(result)
-                    else:
-                        future.set_exception(_api_error(error))
+            self._deliver()
         self._sock.close()
         self._process.wait()
 
