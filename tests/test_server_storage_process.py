@@ -5,11 +5,13 @@ child does to its requests, and that no child outlives its server."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import signal
 import sqlite3
 import time
+from collections import deque
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,77 @@ def test_the_storage_processes_end_with_their_server(tmp_path: Path) -> None:
     while not all(_ended(child) for child in children) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert all(_ended(child) for child in children)
+
+
+ARRIVALS = st.lists(
+    st.one_of(st.just("take"), st.sampled_from(["enqueue", "heartbeat", "poll", "ack"])),
+    max_size=120,
+)
+
+
+@given(ARRIVALS)
+def test_the_writer_takes_leases_first_and_new_items_in_turn(steps: list[str]) -> None:
+    """Requests arrive and batches are taken in any interleaving: every
+    request is taken once, each kind in arrival order; a batch is all
+    lease changes or at most MAX_BULK new items; while new items wait, no
+    two lease batches come in a row (creates are not starved)."""
+    from leasekit.server._sqlite import _BULK, MAX_BATCH, MAX_BULK, _LeasesFirst
+
+    take = _LeasesFirst()
+    waiting: deque[Any] = deque()
+    taken: list[Any] = []
+    previous = ""
+    for number, step in enumerate([*steps, *["take"] * len(steps)]):
+        if step != "take":
+            waiting.append((number, step, 0, ()))
+            continue
+        if not waiting:
+            continue
+        bulk_waits = any(job[1] in _BULK for job in waiting)
+        batch = take(waiting)
+        assert batch
+        kinds = {job[1] in _BULK for job in batch}
+        assert len(kinds) == 1
+        kind = "bulk" if kinds == {True} else "leases"
+        assert len(batch) <= (MAX_BULK if kind == "bulk" else MAX_BATCH)
+        if bulk_waits and previous == "leases":
+            assert kind == "bulk"
+        previous = kind
+        taken += batch
+    assert len(set(taken)) == len(taken)  # no request twice
+    assert len(taken) == sum(step != "take" for step in steps)
+    for bulk in (True, False):
+        numbers = [job[0] for job in taken if (job[1] in _BULK) == bulk]
+        assert numbers == sorted(numbers)
+
+
+def _note(done: list[str], name: str, _call: object) -> None:
+    done.append(name)
+
+
+def test_a_heartbeat_does_not_wait_behind_a_flood_of_creates(tmp_path: Path) -> None:
+    """Thirty creates, then a heartbeat, sent to the writer together: at
+    most MAX_BULK creates are answered before the heartbeat."""
+    from leasekit.server._sqlite import MAX_BULK
+
+    store = SqliteStore(tmp_path / "lease.db", LeaseConfig())
+
+    async def main() -> list[str]:
+        now_us = time.time_ns() // 1000
+        work_id = (await store.enqueue(ENV, now_us, None, None))["id"]
+        done: list[str] = []
+        calls = [asyncio.ensure_future(store.enqueue(ENV, now_us, None, None)) for _ in range(30)]
+        calls.append(
+            asyncio.ensure_future(store.heartbeat(ENV, work_id, now_us, NO_HEARTBEAT, None))
+        )
+        for number, call in enumerate(calls):
+            name = "beat" if number == 30 else "new"
+            call.add_done_callback(functools.partial(_note, done, name))
+        await asyncio.gather(*calls)
+        return done
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        store.close()
+    assert done.index("beat") <= MAX_BULK, done

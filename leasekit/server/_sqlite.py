@@ -57,7 +57,8 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -81,7 +82,7 @@ from ..lease import (
 from ..protocol import ApiError, ErrorType, QueueStats, WorkState
 from ._pages import ItemPages
 from ._store import EncodedJson, Json
-from ._store_process import Job, Outcome, Runner, StoreProcess
+from ._store_process import Job, Outcome, Role, StoreProcess
 
 logger = logging.getLogger("leasekit.server")
 
@@ -91,6 +92,9 @@ assert _FIELDS[:2] == _KEY_FIELDS, "WorkRecord must start with its key fields"
 _CONFLICT_RETRIES: Final = 100
 MAX_BATCH: Final = 64
 """At most this many jobs share one transaction (one fsync)."""
+MAX_BULK: Final = 8
+"""At most this many new items share one transaction, and none with a
+change to a lease (:class:`_LeasesFirst`)."""
 BUSY_TIMEOUT_MS: Final = 30_000
 
 _SCHEMA: Final = f"""
@@ -557,6 +561,8 @@ _WRITES: Final = frozenset(
 )
 """The writer's operations that change the database."""
 _WRITER_OPERATIONS: Final = _WRITES | {"change_token"}
+_BULK: Final = frozenset({"enqueue"})
+"""The writer's operations that a flooding tenant makes in bulk."""
 _READER_OPERATIONS: Final = frozenset({"retrieve", "list_page", "stats", "next_due_us"})
 
 
@@ -655,20 +661,52 @@ def _run_reads(conn: sqlite3.Connection, engine: _Engine, batch: list[Job]) -> l
     return outcomes
 
 
-def runner(role: str, setup: tuple[str, LeaseConfig]) -> tuple[Runner, Callable[[], None]]:
-    """A storage process's batch runner and its close (``_store_process``):
-    ``role`` is ``"writer"`` or ``"reader"``, ``setup`` the database path and
-    the lease settings."""
+def _in_order(waiting: deque[Job]) -> list[Job]:
+    """The reader's batches: the reads that waited, in arrival order."""
+    return [waiting.popleft() for _ in range(min(MAX_BATCH, len(waiting)))]
+
+
+class _LeasesFirst:
+    """The writer's batches: the changes to leases that wait (heartbeats,
+    polls, acks, ...) go in one transaction, and new items in another, at
+    most :data:`MAX_BULK` of them; when both wait, the two kinds take turns.
+
+    A tenant flooding creates (each a new row in five indexes) then delays
+    another tenant's heartbeat by one small transaction at most, not by a
+    batch of its creates, and a flood of heartbeats cannot starve creates.
+    Requests that wait together are concurrent: any order of them is one a
+    client could have seen.
+    """
+
+    def __init__(self) -> None:
+        self.bulk_next = False
+
+    def __call__(self, waiting: deque[Job]) -> list[Job]:
+        bulk = [job for job in waiting if job[1] in _BULK][:MAX_BULK]
+        leases = [job for job in waiting if job[1] not in _BULK][:MAX_BATCH]
+        taken = bulk if bulk and (self.bulk_next or not leases) else leases
+        self.bulk_next = taken is leases
+        chosen = {id(job) for job in taken}
+        rest = [job for job in waiting if id(job) not in chosen]
+        waiting.clear()
+        waiting.extend(rest)
+        return taken
+
+
+def role_of(name: str, setup: tuple[str, LeaseConfig]) -> Role:
+    """What a storage process does (``_store_process``): ``name`` is
+    ``"writer"`` or ``"reader"``, ``setup`` the database path and the lease
+    settings."""
     path, config = setup
     conn = _connect(Path(path))
     engine = _Engine(config)
-    if role == "writer":
+    if name == "writer":
         conn.execute("PRAGMA synchronous=FULL")
-        return functools.partial(_run_writes, conn, engine), conn.close
-    if role == "reader":
+        return Role(_LeasesFirst(), functools.partial(_run_writes, conn, engine), conn.close)
+    if name == "reader":
         conn.execute("PRAGMA query_only=ON")
-        return functools.partial(_run_reads, conn, engine), conn.close
-    raise ValueError(f"storage process: unknown role {role!r}")
+        return Role(_in_order, functools.partial(_run_reads, conn, engine), conn.close)
+    raise ValueError(f"storage process: unknown role {name!r}")
 
 
 class SqliteStore:

@@ -33,9 +33,10 @@ import socket
 import struct
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ..protocol import ApiError, ErrorType
 from ._connections import Throttled
@@ -93,8 +94,8 @@ class StoreProcess:
     """A child process that runs one role of a store; :meth:`call` from any
     event loop (one at a time), :meth:`close` from anywhere.
 
-    ``role`` names the child's runner (``leasekit.server._sqlite.runner``);
-    ``setup`` is what the runner is made from (picklable). A child that died
+    ``role`` names what the child does (``leasekit.server._sqlite.role_of``);
+    ``setup`` is what that is made from (picklable). A child that died
     fails the requests it held (529) and is started again on the next call.
     """
 
@@ -289,40 +290,55 @@ def _has_message(buffer: bytearray) -> bool:
     )
 
 
-def serve(sock: socket.socket, run: Runner, max_batch: int, buffer: bytearray) -> None:
-    """Answer requests until the socket ends: the requests that arrived
-    together run as batches of up to ``max_batch``, and each batch's answers
-    go back in one write. ``buffer`` holds bytes already read."""
+class Role(NamedTuple):
+    """What a child does: ``take`` removes the next batch from the requests
+    waiting (in arrival order), ``run`` answers a batch, ``close`` ends."""
+
+    take: Callable[[deque[Job]], list[Job]]
+    run: Runner
+    close: Callable[[], None]
+
+
+def serve(sock: socket.socket, role: Role, buffer: bytearray) -> None:
+    """Answer requests until the socket ends and every request is answered.
+
+    After each batch, the requests that arrived meanwhile join the waiting
+    ones before the next batch is taken, so ``role.take`` can put a request
+    that arrived later ahead of one that waits. Each batch's answers go
+    back in one write. ``buffer`` holds bytes already read.
+    """
+    waiting: deque[Job] = deque()
     ended = False
-    while not ended:
-        if not _has_message(buffer):
-            data = sock.recv(_RECV_BYTES)
-            if not data:
-                break
-            buffer += data
-            while True:  # and whatever else is there already
+    while True:
+        if not ended:
+            if not waiting and not _has_message(buffer):
+                data = sock.recv(_RECV_BYTES)  # nothing to do: wait for a request
+                ended = not data
+                buffer += data
+            while not ended:  # and whatever else is there already
                 try:
                     more = sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
-                if not more:
-                    ended = True
-                    break
+                ended = not more
                 buffer += more
-        jobs: list[Job] = unframe(buffer)
-        for start in range(0, len(jobs), max_batch):
-            batch = jobs[start : start + max_batch]
-            outcomes = run(batch)
-            sock.sendall(
-                b"".join(
-                    frame((job[0], result, _wire_error(error)))
-                    for job, (result, error) in zip(batch, outcomes, strict=True)
-                )
+        waiting.extend(unframe(buffer))
+        if not waiting:
+            if ended:
+                return
+            continue
+        batch = role.take(waiting)
+        outcomes = role.run(batch)
+        sock.sendall(
+            b"".join(
+                frame((job[0], result, _wire_error(error)))
+                for job, (result, error) in zip(batch, outcomes, strict=True)
             )
+        )
 
 
 def _main() -> None:
-    fd, role = int(sys.argv[1]), sys.argv[2]
+    fd, name = int(sys.argv[1]), sys.argv[2]
     sock = socket.socket(fileno=fd)
     buffer = bytearray()
     while not _has_message(buffer):
@@ -333,15 +349,15 @@ def _main() -> None:
     size = _LENGTH.size + _LENGTH.unpack_from(buffer)[0]
     [setup] = unframe(bytearray(buffer[:size]))
     del buffer[:size]  # the rest are requests
-    from ._sqlite import MAX_BATCH, runner
+    from ._sqlite import role_of
 
-    run, close = runner(role, setup)
+    role = role_of(name, setup)
     try:
-        serve(sock, run, MAX_BATCH, buffer)
+        serve(sock, role, buffer)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server died: nobody is left to answer (what was committed stays)
     finally:
-        close()
+        role.close()
         sock.close()
 
 
