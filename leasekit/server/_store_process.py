@@ -1,7 +1,7 @@
 """A store's work in a process of its own, driven from the event loop.
 
-The SQLite store's writer and reader each run in a child process (``python
--m leasekit.server._store_process``), not in threads of the server process.
+The SQLite store's writer and reader each run in a child process (the same
+Python running :func:`_main`), not in threads of the server process.
 Threads would share the server's interpreter lock with the event loop: under
 hostile traffic the loop, the writer and the reader handed it back and forth,
 and a keeper's heartbeat waited a little in every stage
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pickle
 import socket
 import struct
@@ -115,15 +114,18 @@ class StoreProcess:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
+        # The child imports the very leasekit this process runs, whatever its
+        # working directory or PYTHONPATH would find first.
         package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        code = (
+            f"import sys; sys.path.insert(0, {package_root!r}); "
+            f"from {__name__} import _main; _main()"
+        )
         with theirs:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno()), self.role],
+                [sys.executable, "-c", code, str(theirs.fileno()), self.role],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
-                env=env,
                 start_new_session=True,  # Ctrl-C stops the server, which then closes us
             )
         ours.sendall(frame(self._setup))
@@ -359,7 +361,3 @@ def _main() -> None:
     finally:
         role.close()
         sock.close()
-
-
-if __name__ == "__main__":
-    _main()
