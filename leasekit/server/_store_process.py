@@ -32,13 +32,14 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from ..protocol import ApiError, ErrorType
-from ._connections import Throttled
+from ._connections import LOG_EVERY_S, Throttled
 
 logger = logging.getLogger("leasekit.server")
 
@@ -75,12 +76,20 @@ def unframe(buffer: bytearray) -> list[Any]:
     return messages
 
 
+_last_traceback_at = [-LOG_EVERY_S]
+
+
 def _wire_error(error: BaseException | None) -> tuple[str, str, Any] | None:
+    """An error as it crosses the socket; an unexpected one is logged here,
+    with its traceback at most once per :data:`LOG_EVERY_S`."""
     if error is None:
         return None
     if isinstance(error, ApiError):
         return error.error_type.value, error.message, error.details
-    logger.error("storage process: unexpected error", exc_info=error)
+    now = time.monotonic()
+    if now - _last_traceback_at[0] >= LOG_EVERY_S:
+        _last_traceback_at[0] = now
+        logger.error("storage process: unexpected error", exc_info=error)
     return ErrorType.API.value, "storage error", None
 
 
