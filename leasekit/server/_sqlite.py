@@ -22,10 +22,12 @@ nothing an environment sees counts another's items. A new file is created
 mode 0600 (it holds the items' secrets); SQLite gives its WAL the same mode.
 
 Every change runs in the store's writer, a process of its own
-(:mod:`._store_process`), with group commit: the requests that arrived
-while a transaction ran share the next one (each in its own savepoint, so
-one job's error undoes only that job), and none is answered before that
-COMMIT returned. Under load, one fsync serves many heartbeats.
+(:mod:`._store_process`), with group commit: the changes to leases that
+arrived while a transaction ran share the next one (each in its own
+savepoint, so one job's error undoes only that job), and none is answered
+before that COMMIT returned. Under load, one fsync serves many heartbeats.
+New items get transactions of their own, taking turns with the lease
+changes (:class:`_LeasesFirst`).
 
 Pure reads (retrieve, list, stats, the long poll's next due time) run in
 the store's reader, another process with its own connection, so one
@@ -92,6 +94,9 @@ assert _FIELDS[:2] == _KEY_FIELDS, "WorkRecord must start with its key fields"
 _CONFLICT_RETRIES: Final = 100
 MAX_BATCH: Final = 64
 """At most this many jobs share one transaction (one fsync)."""
+SETTLE_AGAIN_S: Final = 1.0
+"""Stats that find due expiries ask the writer to persist them at most this
+often per environment (reads settle them on the fly meanwhile)."""
 MAX_BULK: Final = 8
 """At most this many new items share one transaction, and none with a
 change to a lease (:class:`_LeasesFirst`)."""
@@ -725,8 +730,8 @@ class SqliteStore:
         self._writer = StoreProcess("writer", setup)
         self._reader = StoreProcess("reader", setup)
         self._closed = False
-        # Environments whose due expiries a read asked the writer to persist.
-        self._settling: set[str] = set()
+        # When a read last asked the writer to persist an environment's expiries.
+        self._settle_asked: dict[str, float] = {}
 
     def add_environment(self, environment_id: str) -> None:
         pass  # environments are the keys' business; rows carry their environment
@@ -745,13 +750,14 @@ class SqliteStore:
 
     def _persist_expiries(self, environment_id: str) -> None:
         """Ask the writer to persist the environment's due expiries (answers
-        nobody; at most one such request per environment is waiting)."""
-        if environment_id in self._settling:
+        nobody; asked at most once per :data:`SETTLE_AGAIN_S` per environment,
+        however many stats calls find them)."""
+        now = time.monotonic()
+        if now - self._settle_asked.get(environment_id, -SETTLE_AGAIN_S) < SETTLE_AGAIN_S:
             return
-        self._settling.add(environment_id)
+        self._settle_asked[environment_id] = now
 
         def done(future: asyncio.Future[None]) -> None:
-            self._settling.discard(environment_id)
             if not future.cancelled() and future.exception() is not None:
                 logger.warning("SQLite writer: persisting expiries failed: %s", future.exception())
 

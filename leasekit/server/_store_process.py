@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -35,7 +37,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from ..protocol import ApiError, ErrorType
@@ -98,13 +99,23 @@ def _api_error(wire: tuple[str, str, Any]) -> ApiError:
     return ApiError(ErrorType(error_type), message, details)
 
 
+RESTART_AFTER_S: Final = 1.0
+"""At least this long between two starts of a child: one that dies at once
+(a broken install, a database it cannot open) is not started again for
+every request; the requests in between get a 529."""
+
+
 class StoreProcess:
-    """A child process that runs one role of a store; :meth:`call` from any
-    event loop (one at a time), :meth:`close` from anywhere.
+    """A child process that runs one role of a store: :meth:`call` from an
+    event loop (one at a time; a store moves to another loop once the first
+    is closed or idle), :meth:`close` from the loop's thread or when no loop
+    runs.
 
     ``role`` names what the child does (``leasekit.server._sqlite.role_of``);
     ``setup`` is what that is made from (picklable). A child that died
-    fails the requests it held (529) and is started again on the next call.
+    fails the requests it held (529: one may have been committed before the
+    child died, as with a lost answer) and is started again on the next
+    call.
     """
 
     def __init__(self, role: str, setup: Any) -> None:
@@ -117,31 +128,37 @@ class StoreProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writing = False
         self._closed = False
+        self._sock: socket.socket | None = None
+        self._retired: list[subprocess.Popen[bytes]] = []  # children let go, to reap
         # One log line per 10 s at most, should a child die at every start.
-        self._died = Throttled(f"storage {role} process exited; started another")
+        self._died = Throttled(f"storage {role} process exited; starting another")
         self._start()
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
-        # The child imports the very leasekit this process runs, whatever its
-        # working directory or PYTHONPATH would find first.
-        package_root = str(Path(__file__).resolve().parents[2])
-        code = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
-            f"from {__name__} import _main; _main()"
-        )
-        with theirs:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno()), self.role],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C stops the server, which then closes us
-            )
-        ours.sendall(frame(self._setup))
+        # The child imports what this process would: the very leasekit it
+        # runs, whatever the child's working directory or PYTHONPATH.
+        code = f"import sys; sys.path[:] = {sys.path!r}; from {__name__} import _main; _main()"
+        try:
+            with theirs:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", code, str(theirs.fileno()), self.role],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # Ctrl-C stops the server, which then closes us
+                )
+            ours.sendall(frame(self._setup))
+        except BaseException:
+            ours.close()
+            raise
         ours.setblocking(False)
+        self._process = process
+        self._started_at = time.monotonic()
         self._sock = ours
-        self._loop = None
         self._in.clear()
+        self._out.clear()
+        self._writing = False
+        self._retired = [old for old in self._retired if old.poll() is None]
 
     @property
     def pid(self) -> int:
@@ -165,13 +182,14 @@ class StoreProcess:
         if self._closed:
             raise ApiError(ErrorType.OVERLOADED, "the server is shutting down")
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        if loop is not self._loop or self._sock is None:
             self._attach(loop)
-        future: asyncio.Future[Any] = loop.create_future()
         job_id = self._next_id
+        message = frame((job_id, operation, arrival_us, args))
         self._next_id += 1
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending[job_id] = future
-        self._out += frame((job_id, operation, arrival_us, args))
+        self._out += message
         if not self._writing:
             # At once, not at the end of the turn: a request that waited for
             # the next turn of a busy loop would wait a turn more. Requests
@@ -182,38 +200,76 @@ class StoreProcess:
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         old = self._loop
-        if old is not None:
+        if old is not None and old is not loop:
             if self._pending and not old.is_closed():
                 raise RuntimeError(f"storage {self.role}: in use from another event loop")
-            if not old.is_closed():
-                old.remove_reader(self._sock.fileno())
-                old.remove_writer(self._sock.fileno())
-            self._pending.clear()  # answers for a loop that is gone
-            self._in.clear()
-        if self._process.poll() is not None:
-            self._restart()
+            if self._pending or self._in or self._out:
+                # The stream stopped mid-way with the loop that is gone: a
+                # fresh child (this one finishes what it got, then exits).
+                self._drop(ApiError(ErrorType.OVERLOADED, "storage unavailable, retry"))
+            else:
+                self._detach()
+        if self._sock is None or self._process.poll() is not None:
+            if self._sock is not None:
+                self._drop(ApiError(ErrorType.OVERLOADED, "storage unavailable, retry"))
+            if time.monotonic() - self._started_at < RESTART_AFTER_S:
+                raise ApiError(ErrorType.OVERLOADED, "storage unavailable, retry")
+            try:
+                self._start()
+            except OSError as error:
+                self._started_at = time.monotonic()
+                raise ApiError(
+                    ErrorType.OVERLOADED, f"storage unavailable, retry: {error}"
+                ) from None
+        assert self._sock is not None
         self._loop = loop
-        self._writing = False
         loop.add_reader(self._sock.fileno(), self._readable)
 
+    def _detach(self) -> None:
+        """Stop watching the socket from the loop (if it is still open)."""
+        loop, sock = self._loop, self._sock
+        if loop is not None and sock is not None and not loop.is_closed():
+            loop.remove_reader(sock.fileno())
+            if self._writing:
+                loop.remove_writer(sock.fileno())
+        self._loop = None
+        self._writing = False
+
+    def _drop(self, failure: ApiError) -> None:
+        """Let the child go: fail what it held, close its socket (it exits
+        when it has read to the end), reap it later."""
+        self._detach()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._retired.append(self._process)
+        for future in self._pending.values():
+            if not future.done() and not future.get_loop().is_closed():
+                future.set_exception(failure)
+        self._pending.clear()
+        self._in.clear()
+        self._out.clear()
+
     def _flush(self) -> None:
+        sock, loop = self._sock, self._loop
+        assert sock is not None and loop is not None
         try:
-            sent = self._sock.send(self._out)
+            sent = sock.send(self._out)
         except BlockingIOError:
             sent = 0
         except OSError:
-            return  # the child is gone: _readable sees the end and fails the requests
+            self._lost()  # the child is gone
+            return
         del self._out[:sent]
-        loop = self._loop
-        assert loop is not None
         if self._out and not self._writing:
             self._writing = True
-            loop.add_writer(self._sock.fileno(), self._flush)
+            loop.add_writer(sock.fileno(), self._flush)
         elif not self._out and self._writing:
             self._writing = False
-            loop.remove_writer(self._sock.fileno())
+            loop.remove_writer(sock.fileno())
 
     def _readable(self) -> None:
+        assert self._sock is not None
         try:
             data = self._sock.recv(_RECV_BYTES)
         except BlockingIOError:
@@ -238,58 +294,68 @@ class StoreProcess:
                 future.set_exception(_api_error(error))
 
     def _lost(self) -> None:
-        """The child closed its end: it died (or was killed)."""
-        loop = self._loop
-        assert loop is not None
-        loop.remove_reader(self._sock.fileno())
-        if self._writing:
-            loop.remove_writer(self._sock.fileno())
-        self._process.wait()
+        """The child closed its end, or cannot be written to: it died (or
+        was killed). The next call starts another."""
         self._died.hit()
-        failure = ApiError(ErrorType.OVERLOADED, "storage unavailable, retry")
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(failure)
-        self._pending.clear()
-        self._out.clear()
-        self._restart()
-        self._loop = None  # the next call attaches the new child
-
-    def _restart(self) -> None:
-        self._sock.close()
-        self._process.wait()
-        self._start()
+        self._drop(ApiError(ErrorType.OVERLOADED, "storage unavailable, retry"))
 
     # ------------------------------------------------------------ shutdown
 
     def close(self) -> None:
         """Send what is queued, let the child answer everything it got, and
-        wait for it to exit (idempotent). Answers that arrive meanwhile go
-        to their requests if their event loop is still open."""
+        wait for it to exit (idempotent). Answers go to their requests if
+        their event loop is still open; requests the child never answered
+        fail with a 529."""
         if self._closed:
             return
         self._closed = True
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self._sock.fileno())
-            loop.remove_writer(self._sock.fileno())
-        self._sock.setblocking(True)
+        sock = self._sock
+        if sock is not None:
+            self._detach()
+            # Write and read at once: a child blocked writing answers would
+            # never read the rest of our requests, nor see their end.
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                ended = False
+                while not ended:
+                    for _, events in selector.select():
+                        if events & selectors.EVENT_WRITE and self._send_rest(sock):
+                            selector.modify(sock, selectors.EVENT_READ)
+                        if events & selectors.EVENT_READ:
+                            ended = self._receive(sock)
+            self._drop(ApiError(ErrorType.OVERLOADED, "the server is shutting down"))
+        for process in (*self._retired, self._process):
+            process.wait()
+        self._retired.clear()
+
+    def _receive(self, sock: socket.socket) -> bool:
+        """Read and hand out answers; whether the child ended the stream."""
+        try:
+            data = sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        self._in += data
+        self._deliver()
+        return not data
+
+    def _send_rest(self, sock: socket.socket) -> bool:
+        """Send what is left of the requests; at the end, end our side of
+        the stream. Whether that end was sent (or the child is gone)."""
+        try:
+            sent = sock.send(self._out)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._out.clear()
+            return True
+        del self._out[:sent]
+        if self._out:
+            return False
         with contextlib.suppress(OSError):
-            self._sock.sendall(self._out)
-            self._sock.shutdown(socket.SHUT_WR)
-        self._out.clear()
-        # Read to the end: a child that cannot write its answers never exits.
-        while True:
-            try:
-                data = self._sock.recv(_RECV_BYTES)
-            except OSError:
-                break
-            if not data:
-                break
-            self._in += data
-            self._deliver()
-        self._sock.close()
-        self._process.wait()
+            sock.shutdown(socket.SHUT_WR)
+        return True
 
 
 # ---------------------------------------------------------------- child side
@@ -349,6 +415,15 @@ def serve(sock: socket.socket, role: Role, buffer: bytearray) -> None:
 
 
 def _main() -> None:
+    """A child's program: ``argv`` is its socket's descriptor and its role."""
+    # The server ends us by closing our socket, once we answered what it
+    # sent: a signal to the whole group (a service manager's SIGTERM) would
+    # otherwise fail requests the server still waits for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s: leasekit storage process: %(message)s"
+    )
     fd, name = int(sys.argv[1]), sys.argv[2]
     sock = socket.socket(fileno=fd)
     buffer = bytearray()
