@@ -620,8 +620,9 @@ def _run_writes(conn: sqlite3.Connection, engine: _Engine, batch: list[Job]) -> 
     if not any(operation in _WRITES for _, operation, _, _ in batch):
         # Nothing to change: no write lock, no fsync.
         for _, operation, arrival_us, args in batch:
+            read = getattr(engine, operation)
             try:
-                outcomes.append((getattr(engine, operation)(conn, arrival_us, *args), None))
+                outcomes.append((read(conn, _now_us(arrival_us), *args), None))
             except Exception as error:
                 outcomes.append((None, error))
         return outcomes
