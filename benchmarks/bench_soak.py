@@ -17,8 +17,10 @@ traffic in hostile windows that alternate with quiet ones (``--rounds``):
   that the teardown counts as hostile too).
 
 Reported: the keepers' heartbeat latency p50/p99 in the quiet and in the
-hostile windows (goal: hostile p99 within 2x of quiet), the server's RSS at
-start and after each round, every answer by status class,
+hostile windows (goal: hostile p99 within 2x of quiet), also per round and
+for the first ``BURST_S`` of the hostile windows apart; how late a probe
+process woke from 5 ms sleeps in each window (the machine's own noise); the
+server's RSS at start and after each round, every answer by status class,
 answers without the API's error envelope, and the size of the server's log.
 
     .venv/bin/python benchmarks/bench_soak.py                    # ~85 s
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import errno
 import itertools
@@ -52,6 +55,10 @@ from typing import Any
 GOOD_KEY = "soak-good-{}"
 HEAVY_ENV, HEAVY_KEY = "env_heavy", "soak-heavy"
 BAD_ENV, BAD_KEY = "env_bad", "soak-bad"
+PROBE_SLEEP_S = 0.005
+BURST_S = 0.25
+"""The first part of a hostile window, reported apart: the attacker opens
+its idle sockets and the heavy tenant spends its rate limit's burst then."""
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -110,6 +117,7 @@ async def keeper(
     interval: float,
     phases: list[tuple[str, float]],
     latencies: dict[str, list[float]],
+    samples: list[tuple[int, float, float]],
     tally: Counter[str],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
@@ -120,8 +128,9 @@ async def keeper(
     await asyncio.sleep(random.random() * interval)  # spread the fleet over an interval
     loop = asyncio.get_running_loop()
     next_at = loop.time()
-    for phase, end in phases:
+    for window, (phase, end) in enumerate(phases):
         while loop.time() < end:
+            sent_at = loop.time()
             started = time.perf_counter()
             status, body = await request(
                 reader,
@@ -130,7 +139,9 @@ async def keeper(
                 f"{base}/{work_id}/heartbeat?expected_last_heartbeat={echo}",
                 key,
             )
-            latencies[phase].append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            latencies[phase].append(latency)
+            samples.append((window, sent_at, latency))
             classify(status, body, tally)
             if status == 200:
                 echo = json.loads(body)["last_heartbeat"]
@@ -339,6 +350,28 @@ def quantiles(values: list[float]) -> tuple[float, float]:
     return cuts[49] * 1e3, cuts[98] * 1e3
 
 
+def window_of(phases: list[tuple[str, float]], at: float) -> int:
+    """The index of the phase (window) that ``at`` (loop time) falls in."""
+    return min(bisect.bisect_right([end for _, end in phases], at), len(phases) - 1)
+
+
+def probe_run(until_wall: float) -> list[tuple[float, float]]:
+    """Sleep :data:`PROBE_SLEEP_S` at a time until ``until_wall`` (wall
+    clock); each wake-up's time and how late it came, s.
+
+    A process that is neither the server nor a client: how late it wakes
+    is the machine's own scheduling delay (other tenants of the VM, the
+    hypervisor, and in hostile windows the load on the shared cores), the
+    floor under every latency the keepers measure.
+    """
+    wakeups = []
+    while (now := time.time()) < until_wall:
+        started = time.perf_counter()
+        time.sleep(PROBE_SLEEP_S)
+        wakeups.append((now, time.perf_counter() - started - PROBE_SLEEP_S))
+    return wakeups
+
+
 async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dict[str, Any]:
     # Quiet and hostile windows alternate, so that the load of whatever else
     # runs on the machine falls on both alike. The hostile traffic stops
@@ -358,6 +391,7 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
         at += args.hostile_seconds
         phases.append(("hostile", at))
     latencies: dict[str, list[float]] = {"warm-up": [], "quiet": [], "hostile": []}
+    samples: list[tuple[int, float, float]] = []
     durations = {"quiet": args.quiet_seconds, "hostile": args.hostile_seconds}
     tally: Counter[str] = Counter()
     keepers = [
@@ -369,13 +403,14 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
             args.interval,
             phases,
             latencies,
+            samples,
             tally,
         )
         for t in range(args.tenants)
         for _ in range(args.keepers)
     ]
     memory: dict[str, float] = {}
-    cpu: Counter[str] = Counter()
+    cpu: dict[str, float] = {"quiet": 0.0, "hostile": 0.0}
 
     async def watch() -> dict[str, Any]:
         command = [
@@ -397,7 +432,7 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
         for number, (name, end) in enumerate(phases[1:], 1):
             await asyncio.sleep(max(0.0, end - loop.time()))
             now_used = cpu_s(pid)
-            cpu[name] += now_used - used
+            cpu[name] = cpu.get(name, 0.0) + now_used - used
             used = now_used
             if name == "hostile":
                 memory[f"after round {number // 2}"] = rss_mib(pid)
@@ -406,8 +441,22 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
         cpu["hostile client"] = report["cpu_s"]
         return dict(report["answers"])
 
-    results = await asyncio.gather(watch(), *keepers)
+    async def probe() -> list[tuple[int, float]]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--probe-run",
+            f"{phases[-1][1] + wall_offset:.3f}",
+            stdout=subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        return [(window_of(phases, at - wall_offset), late) for at, late in json.loads(out)]
+
+    results = await asyncio.gather(watch(), probe(), *keepers)
     return {
+        "phases": phases,
+        "samples": samples,
+        "probe": results[1],
         "latencies": latencies,
         "keepers": tally,
         "hostile": results[0],
@@ -415,6 +464,53 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
         "cpu": {name: cpu[name] / (args.rounds * seconds) for name, seconds in durations.items()}
         | {"hostile client": cpu["hostile client"] / (args.rounds * args.hostile_seconds)},
     }
+
+
+def print_windows(result: dict[str, Any], rounds: int) -> None:
+    """Each round's windows apart, where in a hostile window the slow
+    heartbeats were, and how late the machine probe woke: a quiet window
+    whose probe woke late was not quiet, and its p99 says so."""
+    phases, samples = result["phases"], result["samples"]
+    by_window: dict[int, list[float]] = {}
+    for window, _, latency in samples:
+        by_window.setdefault(window, []).append(latency)
+    probe: dict[int, list[float]] = {}
+    for window, lateness in result["probe"]:
+        probe.setdefault(window, []).append(lateness)
+    print(
+        f"{'round':<7}{'quiet p50':>10}{'p99':>8}{'hostile p50':>13}{'p99':>8}{'ratio':>8}"
+        f"{'probe p99 quiet':>17}{'hostile':>9}   (ms; probe: how late a 5 ms sleep woke)"
+    )
+    ratios = []
+    for number in range(1, rounds + 1):
+        quiet_w, hostile_w = 2 * number - 1, 2 * number
+        q50, q99 = quantiles(by_window.get(quiet_w, []))
+        h50, h99 = quantiles(by_window.get(hostile_w, []))
+        ratios.append(h99 / q99)
+        pq = quantiles(probe.get(quiet_w, []))[1]
+        ph = quantiles(probe.get(hostile_w, []))[1]
+        print(
+            f"{number:<7}{q50:>10.2f}{q99:>8.2f}{h50:>13.2f}{h99:>8.2f}{h99 / q99:>7.2f}x"
+            f"{pq:>17.2f}{ph:>9.2f}"
+        )
+    print(f"median of the rounds' ratios: {statistics.median(ratios):.2f}x")
+    starts = {
+        index: phases[index - 1][1] for index, (name, _) in enumerate(phases) if name == "hostile"
+    }
+    early: list[float] = []
+    late: list[float] = []
+    for window, sent_at, latency in samples:
+        if window in starts:
+            (early if sent_at - starts[window] < BURST_S else late).append(latency)
+    cut = statistics.quantiles(early + late, n=100)[98] if len(early + late) > 1 else 0.0
+    e50, e99 = quantiles(early)
+    l50, l99 = quantiles(late)
+    print(
+        f"hostile windows, first {BURST_S:g} s: {len(early)} heartbeats, p50 {e50:.2f} ms, "
+        f"p99 {e99:.2f} ms; the rest: {len(late)}, p50 {l50:.2f} ms, p99 {l99:.2f} ms; "
+        f"of the slowest 1%, {sum(x >= cut for x in early)} in the first {BURST_S:g} s "
+        f"and {sum(x >= cut for x in late)} after"
+    )
 
 
 def main() -> int:
@@ -444,7 +540,11 @@ def main() -> int:
         "comma-separated",
     )
     parser.add_argument("--hostile-run", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-run", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe_run:
+        print(json.dumps(probe_run(args.probe_run)))
+        return 0
     if args.hostile_run:
         host, _, port = args.hostile_run.rpartition(":")
         kinds = set(args.hostile.split(","))
@@ -504,6 +604,7 @@ def main() -> int:
     ratio = loud[1] / quiet[1]
     verdict = "ok" if ratio <= 2 else "MISSED"
     print(f"hostile p99 / quiet p99: {ratio:.2f}x  (goal <= 2x: {verdict})")
+    print_windows(result, args.rounds)
     memory = result["memory"]
     print(
         "server RSS MiB (with its storage processes): "
@@ -516,8 +617,7 @@ def main() -> int:
         " the hostile client in its windows)"
     )
     for who in ("keepers", "hostile"):
-        tally = dict(sorted(result[who].items()))
-        print(f"{who} answers: {tally}")
+        print(f"{who} answers: {dict(sorted(result[who].items()))}")
     print(f"server log: {log_lines} lines, {log_bytes} bytes")
     bad = result["keepers"].get("5xx", 0) + result["hostile"].get("5xx", 0)
     bad += result["keepers"].get("no envelope", 0) + result["hostile"].get("no envelope", 0)
