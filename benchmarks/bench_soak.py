@@ -116,7 +116,6 @@ async def keeper(
     key: str,
     interval: float,
     phases: list[tuple[str, float]],
-    latencies: dict[str, list[float]],
     samples: list[tuple[int, float, float]],
     tally: Counter[str],
 ) -> None:
@@ -128,7 +127,7 @@ async def keeper(
     await asyncio.sleep(random.random() * interval)  # spread the fleet over an interval
     loop = asyncio.get_running_loop()
     next_at = loop.time()
-    for window, (phase, end) in enumerate(phases):
+    for window, (_, end) in enumerate(phases):
         while loop.time() < end:
             sent_at = loop.time()
             started = time.perf_counter()
@@ -139,9 +138,7 @@ async def keeper(
                 f"{base}/{work_id}/heartbeat?expected_last_heartbeat={echo}",
                 key,
             )
-            latency = time.perf_counter() - started
-            latencies[phase].append(latency)
-            samples.append((window, sent_at, latency))
+            samples.append((window, sent_at, time.perf_counter() - started))
             classify(status, body, tally)
             if status == 200:
                 echo = json.loads(body)["last_heartbeat"]
@@ -390,8 +387,8 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
         windows.append((at + wall_offset, at + args.hostile_seconds - teardown + wall_offset))
         at += args.hostile_seconds
         phases.append(("hostile", at))
-    latencies: dict[str, list[float]] = {"warm-up": [], "quiet": [], "hostile": []}
     samples: list[tuple[int, float, float]] = []
+    """(window, when the heartbeat was sent (loop time), its latency s)"""
     durations = {"quiet": args.quiet_seconds, "hostile": args.hostile_seconds}
     tally: Counter[str] = Counter()
     keepers = [
@@ -402,7 +399,6 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
             GOOD_KEY.format(t),
             args.interval,
             phases,
-            latencies,
             samples,
             tally,
         )
@@ -457,7 +453,10 @@ async def fleet(args: argparse.Namespace, host: str, port: int, pid: int) -> dic
         "phases": phases,
         "samples": samples,
         "probe": results[1],
-        "latencies": latencies,
+        "latencies": {
+            name: [latency for window, _, latency in samples if phases[window][0] == name]
+            for name in ("quiet", "hostile")
+        },
         "keepers": tally,
         "hostile": results[0],
         "memory": memory,
